@@ -1,0 +1,308 @@
+"""The ``frametok`` command line: run, subscribe, export, models."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, FrametokError, PipelineError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _floats3(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _source_entries(values: Sequence[str], policy: str | None) -> list[dict[str, Any]]:
+    entries = []
+    for i, value in enumerate(values):
+        sid, sep, uri = value.partition("=")
+        if not sep or "://" in sid or "/" in sid:
+            sid, uri = f"s{i}", value
+        entry: dict[str, Any] = {"id": sid, "uri": uri}
+        if policy:
+            entry["policy"] = policy
+        entries.append(entry)
+    return entries
+
+
+def _described_encoder(args: argparse.Namespace) -> str | None:
+    """An encoder .onnx without a manifest, described by --encoder-mean/--encoder-std flags."""
+    if args.encoder_mean is None and args.encoder_std is None:
+        return None
+    if args.encoder is None or not args.encoder.endswith(".onnx"):
+        raise ConfigError("--encoder-mean/--encoder-std describe an encoder .onnx given with --encoder FILE.onnx")
+    from .models.describe import IMAGENET_MEAN, IMAGENET_STD, describe_encoder_onnx
+    from .models.manifest import write_manifest
+    from .models.registry import cache_dir
+
+    manifest = describe_encoder_onnx(
+        args.encoder, mean=args.encoder_mean or IMAGENET_MEAN, std=args.encoder_std or IMAGENET_STD,
+        prefix_tokens=args.encoder_prefix_tokens,
+    )
+    folder = cache_dir() / "described"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(write_manifest(manifest, folder / f"{manifest.name}-{manifest.onnx_sha256[:12]}.json"))
+
+
+def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    over: dict[str, Any] = {}
+    if args.source:
+        over["sources"] = _source_entries(args.source, args.policy)
+    if args.publish:
+        over["publisher"] = {"endpoint": args.publish}
+    if args.wait_subscribers is not None:
+        over.setdefault("publisher", {})["wait_subscribers"] = args.wait_subscribers
+    for role in ("detector", "encoder"):
+        value = getattr(args, role)
+        if value is not None:
+            over[role] = None if value.lower() == "none" else {"model": value}
+    described = _described_encoder(args)
+    if described:
+        over["encoder"] = {"model": described}
+    worker: dict[str, Any] = {}
+    if args.max_batch is not None:
+        worker["max_batch"] = args.max_batch
+    if args.threads is not None:
+        worker["threads"] = args.threads
+    if args.providers:
+        worker["providers"] = args.providers.split(",")
+    if worker:
+        over["worker"] = worker
+    return over
+
+
+def _echo_thread(endpoint: str, as_json: bool, done: threading.Event) -> threading.Thread:
+    from .streamer.render import message_json, message_line
+    from .streamer.subscriber import Subscriber
+
+    def loop() -> None:
+        with Subscriber(endpoint, timeout_s=0.2) as sub:
+            ready.set()
+            while not done.is_set() or sub.socket.poll(0):
+                msg = sub.recv(0.2)
+                if msg is None:
+                    continue
+                names = sub.class_names(msg.stream_id)
+                print(message_json(msg, names) if as_json else message_line(msg, names), flush=True)
+
+    ready = threading.Event()
+    thread = threading.Thread(target=loop, name="frametok-echo", daemon=True)
+    thread.start()
+    ready.wait(5)
+    return thread
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .streamer.progress import ProgressView
+    from .streamer.supervisor import prepare_models, prepare_sources, run_pipeline
+
+    overrides = _run_overrides(args)
+    if args.config is None and "sources" not in overrides:
+        raise ConfigError("nothing to run: give a CONFIG file or --source URI")
+    if args.echo:
+        overrides.setdefault("publisher", {})
+        current = overrides["publisher"].get("wait_subscribers", 0)
+        overrides["publisher"]["wait_subscribers"] = max(1, current)
+    config = load_config(args.config, overrides)
+    prepare_sources(config)  # fail fast, before models are exported or loaded
+    models = prepare_models(config, tuple(args.models or ()))
+    level = logging.INFO if args.verbose else logging.WARNING
+    done = threading.Event()
+    echo = _echo_thread(config.publisher.endpoint, args.json, done) if args.echo else None
+    view = ProgressView(config, enabled=not args.echo and not args.no_progress)
+    try:
+        summary = run_pipeline(config, models=models, on_event=view.on_event, log_level=level)
+    finally:
+        view.close()
+        done.set()
+        if echo is not None:
+            echo.join(5)
+    print(summary.line(), file=sys.stderr if args.echo else sys.stdout, flush=True)
+    return EXIT_OK if not summary.errors or summary.total_packets else EXIT_FAILED
+
+
+# --------------------------------------------------------------------------- subscribe
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    from .packet import TokenPacket
+    from .streamer.render import message_json, message_line
+    from .streamer.subscriber import Subscriber
+
+    packets = 0
+    with Subscriber(args.endpoint, streams=args.stream or None, strict=args.strict, timeout_s=args.timeout) as sub:
+        for msg in sub:
+            names = sub.class_names(msg.stream_id)
+            print(message_json(msg, names) if args.json else message_line(msg, names), flush=True)
+            if isinstance(msg, TokenPacket):
+                packets += 1
+                if args.count and packets >= args.count:
+                    break
+        gaps = {sid: g.missing for sid, g in sub.gaps.items() if g.missing}
+        if gaps or sub.malformed:
+            print(f"frametok subscribe: {packets} packets; gaps {gaps or 'none'}; malformed {sub.malformed}",
+                  file=sys.stderr)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- export
+
+
+def cmd_export_yolo(args: argparse.Namespace) -> int:
+    from .exporters import export_yolo
+
+    weights = Path(args.weights)
+    if weights.suffix == ".onnx":
+        from .models.describe import describe_ultralytics_onnx
+        from .models.manifest import write_manifest
+
+        out = Path(args.out or weights.parent)
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = describe_ultralytics_onnx(weights, name=args.name)
+        target = out / f"{manifest.name}.onnx"
+        if target.resolve() != weights.resolve():
+            import shutil
+
+            shutil.copy2(weights, target)
+        manifest = manifest.model_copy(update={"onnx_file": target.name})
+        path = write_manifest(manifest, target.with_suffix(".json"))
+        print(f"wrote {path} for {target}")
+        return EXIT_OK
+    files = export_yolo(weights if weights.exists() else args.weights, Path(args.out), imgsz=args.imgsz,
+                        name=args.name, check=not args.no_check)
+    print(f"wrote {files.onnx_path} and {files.manifest_path}; parity: {files.manifest.parity}")
+    return EXIT_OK
+
+
+def cmd_export_encoder(args: argparse.Namespace) -> int:
+    from .exporters import describe_encoder, export_timm_encoder
+
+    if args.model.endswith(".onnx"):
+        from .models.describe import IMAGENET_MEAN, IMAGENET_STD
+
+        files = describe_encoder(args.model, args.out, mean=args.mean or IMAGENET_MEAN, std=args.std or IMAGENET_STD,
+                                 prefix_tokens=args.prefix_tokens, context=args.context, name=args.name)
+    else:
+        if args.out is None:
+            raise ConfigError("--out DIR is required when exporting a timm model")
+        files = export_timm_encoder(args.model, args.out, img_size=args.img_size, random_init=args.random_init,
+                                    name=args.name, check=not args.no_check)
+    m = files.manifest
+    print(f"wrote {files.onnx_path} and {files.manifest_path}: grid {m.grid_hw} x {m.embed_dim}, "  # type: ignore[union-attr]
+          f"{m.prefix_tokens} prefix tokens, context {m.context}"  # type: ignore[union-attr]
+          + (" (RANDOM weights: for plumbing only)" if m.source.random_init else ""))
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models.registry import describe_registry
+
+    print("\n".join(describe_registry()))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="frametok", description="Videos and cameras in, token streams out.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what every process does")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline (config file and/or flags)")
+    run.add_argument("config", nargs="?", help="YAML config (see configs/)")
+    run.add_argument("--source", action="append", metavar="[ID=]URI", help="a source; repeat for several")
+    run.add_argument("--policy", choices=["file", "live"], help="delivery policy of the --source entries")
+    run.add_argument("--publish", metavar="ENDPOINT", help="ZeroMQ endpoint to publish on, e.g. tcp://127.0.0.1:5555")
+    run.add_argument("--detector", metavar="MODEL", help="detector: registry name, .onnx path, or 'none'")
+    run.add_argument("--encoder", metavar="MODEL", help="encoder: registry name, .onnx path, or 'none'")
+    run.add_argument("--encoder-mean", type=_floats3, metavar="R,G,B", help="describe a manifest-less encoder .onnx")
+    run.add_argument("--encoder-std", type=_floats3, metavar="R,G,B")
+    run.add_argument("--encoder-prefix-tokens", type=int, metavar="N", help="tokens before the patch grid")
+    run.add_argument("--models", action="append", metavar="DIR", help="folder of model files (also FRAMETOK_MODELS)")
+    run.add_argument("--max-batch", type=int)
+    run.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    run.add_argument("--providers", help="execution providers in order, e.g. tensorrt,cuda,cpu")
+    run.add_argument("--wait-subscribers", type=int, metavar="N", help="hold packets until N subscriptions")
+    run.add_argument("--echo", action="store_true", help="also print every packet (a built-in subscriber)")
+    run.add_argument("--json", action="store_true", help="with --echo: JSON lines")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    subp = sub.add_parser("subscribe", help="print the packets of a publisher")
+    subp.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5555")
+    subp.add_argument("--stream", action="append", metavar="ID", help="only these streams (repeatable)")
+    subp.add_argument("--json", action="store_true", help="one JSON object per message")
+    subp.add_argument("--count", type=int, default=0, metavar="N", help="exit after N frame packets")
+    subp.add_argument("--timeout", type=float, default=None, metavar="S", help="exit after S seconds of silence")
+    subp.add_argument("--strict", action="store_true", help="stop on a malformed message instead of skipping it")
+    subp.set_defaults(func=cmd_subscribe)
+
+    exp = sub.add_parser("export", help="export a model to ONNX with its manifest")
+    exp_sub = exp.add_subparsers(dest="what", required=True)
+    yolo = exp_sub.add_parser("yolo", help="Ultralytics YOLO checkpoint (.pt), model .yaml, or its .onnx")
+    yolo.add_argument("weights")
+    yolo.add_argument("--out", metavar="DIR", required=False, default=None)
+    yolo.add_argument("--imgsz", type=int, default=640)
+    yolo.add_argument("--name")
+    yolo.add_argument("--no-check", action="store_true", help="skip the parity check against ultralytics")
+    yolo.set_defaults(func=cmd_export_yolo)
+    enc = exp_sub.add_parser("encoder", help="timm model name, or an encoder .onnx that needs a manifest")
+    enc.add_argument("model")
+    enc.add_argument("--out", metavar="DIR")
+    enc.add_argument("--random-init", action="store_true", help="random weights (offline plumbing)")
+    enc.add_argument("--img-size", type=int, default=224)
+    enc.add_argument("--mean", type=_floats3, metavar="R,G,B")
+    enc.add_argument("--std", type=_floats3, metavar="R,G,B")
+    enc.add_argument("--prefix-tokens", type=int, metavar="N", help="tokens before the grid (CLS, registers)")
+    enc.add_argument("--context", choices=["cls", "mean"])
+    enc.add_argument("--name")
+    enc.add_argument("--no-check", action="store_true")
+    enc.set_defaults(func=cmd_export_encoder)
+
+    models = sub.add_parser("models", help="list the models frametok knows by name")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "what", None) == "yolo" and args.out is None and not args.weights.endswith(".onnx"):
+        parser.error("export yolo: --out DIR is required")
+    try:
+        return int(args.func(args))
+    except PipelineError as exc:
+        print(f"frametok: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except FrametokError as exc:
+        print(f"frametok: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("frametok: interrupted", file=sys.stderr)
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Typed, frozen run configuration, loaded from YAML; unknown keys and bad values are errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .packet import validate_stream_id
+
+__all__ = [
+    "Config",
+    "DetectorConfig",
+    "EncoderConfig",
+    "PublisherConfig",
+    "SourceConfig",
+    "WorkerConfig",
+    "load_config",
+    "parse_config",
+    "source_kind",
+]
+
+SourceKind = Literal["file", "camera", "network", "images", "demo"]
+NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "tcp://", "udp://", "srt://")
+
+
+def source_kind(uri: str) -> SourceKind:
+    """What kind of source a URI names: a camera index/device, a network stream, an image folder, ..."""
+    if uri in ("demo", "demo:") or uri.startswith("demo://"):
+        return "demo"
+    if uri.isdigit() or uri.startswith("/dev/video"):
+        return "camera"
+    if uri.lower().startswith(NETWORK_SCHEMES):
+        return "network"
+    if any(ch in uri for ch in "*?[") or Path(uri).is_dir():
+        return "images"
+    return "file"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+
+class SourceConfig(_Frozen):
+    """One input stream."""
+
+    id: str
+    uri: str = Field(min_length=1)
+    policy: Literal["file", "live"] | None = Field(
+        None, description="file: every frame, back-pressure; live: newest frame wins (default by kind)"
+    )
+    slots: int = Field(4, ge=2, le=64, description="frames in the source's shared-memory ring")
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        return validate_stream_id(value)
+
+    @property
+    def kind(self) -> SourceKind:
+        return source_kind(self.uri)
+
+    @property
+    def effective_policy(self) -> Literal["file", "live"]:
+        if self.policy is not None:
+            return self.policy
+        return "live" if self.kind in ("camera", "network") else "file"
+
+
+class DetectorConfig(_Frozen):
+    model: str = Field("yolov8n", min_length=1, description="registry name, or path to .onnx / manifest .json")
+    conf_threshold: float = Field(0.25, gt=0.0, lt=1.0)
+    iou_threshold: float = Field(0.7, gt=0.0, le=1.0)
+    max_det: int = Field(300, ge=1, le=10000)
+
+
+class EncoderConfig(_Frozen):
+    model: str = Field("dinov2_vits14", min_length=1)
+    dtype: Literal["float16", "float32"] = "float16"
+    patches: bool = Field(True, description="send the patch grid (else the context token only)")
+
+
+class WorkerConfig(_Frozen):
+    max_batch: int = Field(4, ge=1, le=256)
+    max_wait_ms: float = Field(10.0, ge=0.0, le=10_000.0)
+    providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
+    threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads (0: one per core)")
+
+
+class PublisherConfig(_Frozen):
+    endpoint: str = "tcp://127.0.0.1:5555"
+    wait_subscribers: int = Field(
+        0, ge=0, description="hold the first packet until this many subscribers are connected"
+    )
+    hwm: int = Field(1000, ge=1, description="ZeroMQ send high-water mark, in messages per subscriber")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _zmq_endpoint(cls, value: str) -> str:
+        if not value.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError(f"expected a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH), got {value!r}")
+        return value
+
+
+class Config(_Frozen):
+    """A whole ``frametok run``."""
+
+    sources: tuple[SourceConfig, ...] = Field(min_length=1)
+    detector: DetectorConfig | None = DetectorConfig()
+    encoder: EncoderConfig | None = EncoderConfig()
+    worker: WorkerConfig = WorkerConfig()
+    publisher: PublisherConfig = PublisherConfig()
+    models_dir: str | None = Field(None, description="where named models are looked up (also FRAMETOK_MODELS)")
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        ids = [s.id for s in self.sources]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate source ids: {dupes}")
+        if self.detector is None and self.encoder is None:
+            raise ValueError("nothing to compute: both detector and encoder are null")
+        return self
+
+
+def _format_errors(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
+        got = err.get("input")
+        shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+        lines.append(f"  {loc}: {err['msg']}{shown}")
+    return f"invalid config {origin}:\n" + "\n".join(lines)
+
+
+def parse_config(data: Mapping[str, Any], origin: str = "<dict>") -> Config:
+    """Validate a config mapping; raise :class:`ConfigError` listing every problem."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"invalid config {origin}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Config.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, origin)) from exc
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load a YAML config file (or start empty), apply ``overrides`` (top-level keys), validate."""
+    data: dict[str, Any] = {}
+    origin = "<flags>"
+    if path is not None:
+        origin = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"invalid config {path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded
+    for key, value in (overrides or {}).items():
+        if isinstance(value, Mapping) and isinstance(data.get(key), Mapping):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return parse_config(data, origin)

@@ -1,0 +1,148 @@
+"""Manifests for existing ``.onnx`` files, read from their graph and metadata (no torch needed)."""
+
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import ModelError
+from .manifest import DetectorManifest, EncoderManifest, WeightsSource, file_sha256
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "describe_encoder_onnx", "describe_ultralytics_onnx", "onnx_version"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def onnx_version() -> str:
+    import onnxruntime as ort
+
+    return str(ort.__version__)
+
+
+def _open(path: Path) -> Any:
+    import onnxruntime as ort
+
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own error types
+        raise ModelError(f"{path} is not a loadable ONNX model: {exc}") from exc
+
+
+def _input_spec(path: Path, session: Any) -> tuple[str, tuple[int, int], int | Literal["dynamic"]]:
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise ModelError(f"{path}: expected one image input, the graph has {[i.name for i in inputs]}")
+    shape = list(inputs[0].shape)
+    if len(shape) != 4:
+        raise ModelError(f"{path}: input {inputs[0].name!r} has shape {shape}, expected (N, 3, H, W)")
+    batch, _, height, width = shape
+    return inputs[0].name, (height, width), batch if isinstance(batch, int) else "dynamic"
+
+
+def describe_ultralytics_onnx(path: str | Path, name: str | None = None) -> DetectorManifest:
+    """A detector manifest for an ONNX exported by Ultralytics (reads its embedded metadata)."""
+    path = Path(path).resolve()
+    session = _open(path)
+    meta = session.get_modelmeta().custom_metadata_map
+    if meta.get("task") != "detect" or "names" not in meta:
+        raise ModelError(
+            f"{path}: no Ultralytics detection metadata (task/names) in the ONNX; "
+            "export it with `frametok export yolo WEIGHTS.pt` instead"
+        )
+    try:
+        names = ast.literal_eval(meta["names"])
+        class_names = [str(names[i]) for i in range(len(names))]
+    except (ValueError, SyntaxError, KeyError) as exc:
+        raise ModelError(f"{path}: cannot read class names from the ONNX metadata: {exc}") from exc
+    input_name, size_hw, batch = _input_spec(path, session)
+    if not all(isinstance(v, int) for v in size_hw):
+        try:
+            imgsz = ast.literal_eval(meta.get("imgsz", "[640, 640]"))
+            size_hw = (int(imgsz[0]), int(imgsz[1]))
+        except (ValueError, SyntaxError, TypeError, IndexError) as exc:
+            raise ModelError(f"{path}: dynamic input size and no readable imgsz metadata") from exc
+    outputs = session.get_outputs()
+    return DetectorManifest(
+        name=name or path.stem,
+        onnx_file=str(path),
+        onnx_sha256=file_sha256(path),
+        input_name=input_name,
+        input_size_hw=(int(size_hw[0]), int(size_hw[1])),
+        batch=batch,
+        output_name=outputs[0].name,
+        class_names=class_names,
+        source=WeightsSource(weights=meta.get("description"), framework=f"ultralytics {meta.get('version', '?')}"),
+        exporter={"ultralytics": meta.get("version", "?"), "described_by": "frametok", "onnxruntime": onnx_version()},
+    )
+
+
+def describe_encoder_onnx(
+    path: str | Path,
+    *,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    prefix_tokens: int | None = None,
+    context: Literal["cls", "mean"] | None = None,
+    name: str | None = None,
+    input_size_hw: tuple[int, int] | None = None,
+    source: WeightsSource | None = None,
+    exporter: dict[str, str] | None = None,
+) -> EncoderManifest:
+    """An encoder manifest for an ONNX image encoder with output ``(N, T, D)``.
+
+    The grid is read by running the graph once on zeros: ``T - prefix_tokens`` must be a square.
+    With ``prefix_tokens=None`` it is inferred (1 when ``T - 1`` is a square, else 0).
+    """
+    path = Path(path).resolve()
+    session = _open(path)
+    input_name, size_hw, batch = _input_spec(path, session)
+    if not all(isinstance(v, int) for v in size_hw):
+        if input_size_hw is None:
+            raise ModelError(f"{path}: the input size is dynamic ({size_hw}); give it (--input-size)")
+        size_hw = input_size_hw
+    elif input_size_hw is not None and tuple(input_size_hw) != tuple(size_hw):
+        raise ModelError(f"{path}: graph input size is {size_hw}, not the given {input_size_hw}")
+    height, width = int(size_hw[0]), int(size_hw[1])
+    output = session.get_outputs()[0]
+    probe = np.zeros((1 if batch == "dynamic" else int(batch), 3, height, width), np.float32)
+    try:
+        tokens = session.run([output.name], {input_name: probe})[0]
+    except Exception as exc:  # onnxruntime's own error types
+        raise ModelError(f"{path}: running the encoder on a {probe.shape} input failed: {exc}") from exc
+    if tokens.ndim != 3:
+        raise ModelError(f"{path}: output {output.name!r} has shape {tokens.shape}, expected (N, tokens, dim)")
+    n_tokens, dim = int(tokens.shape[1]), int(tokens.shape[2])
+    if prefix_tokens is None:
+        prefix_tokens = 1 if math.isqrt(n_tokens - 1) ** 2 == n_tokens - 1 else 0
+    side2 = n_tokens - prefix_tokens
+    side = math.isqrt(max(side2, 0))
+    if side2 <= 0 or side * side != side2:
+        raise ModelError(
+            f"{path}: {n_tokens} output tokens minus {prefix_tokens} prefix tokens is not a square grid"
+        )
+    if context is None:
+        context = "cls" if prefix_tokens >= 1 else "mean"
+    return EncoderManifest(
+        name=name or path.stem,
+        onnx_file=str(path),
+        onnx_sha256=file_sha256(path),
+        input_name=input_name,
+        input_size_hw=(height, width),
+        batch=batch,
+        output_name=output.name,
+        mean=mean,
+        std=std,
+        prefix_tokens=prefix_tokens,
+        context=context,
+        grid_hw=(side, side),
+        embed_dim=dim,
+        source=source or WeightsSource(weights=path.name),
+        exporter=exporter or {"described_by": "frametok", "onnxruntime": onnx_version()},
+    )

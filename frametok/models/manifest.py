@@ -1,0 +1,178 @@
+"""Model manifests: the sidecar ``<name>.json`` that says how to feed an ``.onnx`` and read its output.
+
+One manifest carries everything the runtime needs next to the weights (as timm's pretrained
+configs do): input name and size, colour order, normalisation, letterbox, output format,
+class names or token grid, and where the weights came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from ..errors import ModelError
+
+__all__ = [
+    "MANIFEST_SCHEMA_VERSION",
+    "DetectorManifest",
+    "EncoderManifest",
+    "Letterbox",
+    "Manifest",
+    "WeightsSource",
+    "file_sha256",
+    "load_manifest",
+    "manifest_path_for",
+    "write_manifest",
+]
+
+MANIFEST_SCHEMA_VERSION = 1
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+
+class WeightsSource(_Frozen):
+    """Where the weights in the ``.onnx`` came from."""
+
+    weights: str | None = None
+    sha256: str | None = None
+    framework: str | None = None
+    random_init: bool = False
+
+
+class Letterbox(_Frozen):
+    """Aspect-preserving resize into the input size, padded with ``pad_value`` (Ultralytics style)."""
+
+    pad_value: int = Field(114, ge=0, le=255)
+    center: bool = True
+
+
+class _ManifestBase(_Frozen):
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+    name: str = Field(min_length=1)
+    onnx_file: str = Field(min_length=1, description="path of the .onnx, relative to the manifest's folder")
+    onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    input_name: str
+    input_size_hw: tuple[int, int]
+    batch: int | Literal["dynamic"] = "dynamic"
+    layout: Literal["NCHW"] = "NCHW"
+    colour: Literal["RGB", "BGR"] = "RGB"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    output_name: str
+    source: WeightsSource = WeightsSource()
+    exporter: dict[str, str] = Field(default_factory=dict)
+    parity: dict[str, Any] | None = None
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, value: int) -> int:
+        if value != MANIFEST_SCHEMA_VERSION:
+            raise ValueError(f"unsupported manifest schema_version {value}, expected {MANIFEST_SCHEMA_VERSION}")
+        return value
+
+    @field_validator("input_size_hw")
+    @classmethod
+    def _positive_size(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) <= 0:
+            raise ValueError(f"expected positive (height, width), got {value}")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero_std(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(v == 0 for v in value):
+            raise ValueError(f"std must be non-zero, got {value}")
+        return value
+
+    @property
+    def model_id(self) -> str:
+        """A short id naming these exact weights: ``name@sha256[:12]``."""
+        return f"{self.name}@{self.onnx_sha256[:12]}"
+
+
+class DetectorManifest(_ManifestBase):
+    """A YOLO-style detector: output ``(N, 4 + num_classes, anchors)`` of (cx, cy, w, h, scores...)."""
+
+    kind: Literal["detector"] = "detector"
+    letterbox: Letterbox = Letterbox()
+    output_format: Literal["yolov8"] = "yolov8"
+    class_names: list[str] = Field(min_length=1)
+
+    def info(self) -> dict[str, Any]:
+        """What subscribers need to know of this model (travels in stream-info messages)."""
+        return {"id": self.model_id, "name": self.name, "class_names": list(self.class_names)}
+
+
+class EncoderManifest(_ManifestBase):
+    """An image encoder whose output is ``(N, prefix_tokens + gh * gw, D)`` patch tokens."""
+
+    kind: Literal["encoder"] = "encoder"
+    resize: Literal["squash"] = "squash"
+    prefix_tokens: int = Field(ge=0, description="tokens before the patch grid (CLS, registers)")
+    context: Literal["cls", "mean"]
+    grid_hw: tuple[int, int]
+    embed_dim: int = Field(gt=0)
+
+    @field_validator("context")
+    @classmethod
+    def _cls_needs_prefix(cls, value: str, info: Any) -> str:
+        if value == "cls" and info.data.get("prefix_tokens", 0) < 1:
+            raise ValueError("context 'cls' needs prefix_tokens >= 1 (token 0 is the CLS token)")
+        return value
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.model_id,
+            "name": self.name,
+            "grid_hw": list(self.grid_hw),
+            "embed_dim": self.embed_dim,
+            "context": self.context,
+        }
+
+
+Manifest: TypeAlias = Annotated[DetectorManifest | EncoderManifest, Field(discriminator="kind")]
+_MANIFEST_ADAPTER: TypeAdapter[DetectorManifest | EncoderManifest] = TypeAdapter(Manifest)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest_path_for(onnx_path: str | Path) -> Path:
+    """The manifest that belongs beside ``onnx_path``: same name, ``.json``."""
+    return Path(onnx_path).with_suffix(".json")
+
+
+def load_manifest(path: str | Path) -> DetectorManifest | EncoderManifest:
+    """Read and check a manifest file; raise :class:`ModelError` naming the file and field at fault."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelError(f"model manifest not found: {path}") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model manifest {path} is not readable JSON: {exc}") from exc
+    try:
+        return _MANIFEST_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ModelError(f"model manifest {path} is invalid: {problems}") from exc
+
+
+def write_manifest(manifest: DetectorManifest | EncoderManifest, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    return path

@@ -1,0 +1,464 @@
+"""Token packets and their wire format: the only module that knows the byte layout.
+
+A message is a ZeroMQ multipart message ``[topic, header, buffer, ...]``:
+
+* ``topic``: the stream id in UTF-8 followed by ``/`` (so subscribing to ``cam1/`` never
+  matches ``cam10/``);
+* ``header``: a UTF-8 JSON object (schema version, kind, stream, sequence number, ... and
+  one descriptor ``{name, dtype, shape}`` per following buffer);
+* buffers: raw little-endian, C-ordered arrays, one frame each, in descriptor order.
+
+``docs/protocol.md`` is the normative description; this module implements it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import ProtocolError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Detections",
+    "EndOfStream",
+    "Message",
+    "StatusMessage",
+    "StreamInfo",
+    "Timestamps",
+    "TokenPacket",
+    "decode",
+    "encode",
+    "stamp",
+    "topic_for",
+    "validate_stream_id",
+]
+
+PROTOCOL_VERSION: tuple[int, int] = (1, 0)
+
+MAX_HEADER_BYTES = 1 << 20
+MAX_BUFFERS = 64
+MAX_NDIM = 4
+
+_STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_DTYPES: dict[str, np.dtype[Any]] = {
+    name: np.dtype(name).newbyteorder("<")
+    for name in ("uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
+}
+
+Policy = Literal["file", "live"]
+StatusState = Literal["connecting", "online", "stalled", "reconnecting", "offline", "error"]
+EndReason = Literal["end", "error", "stopped"]
+STATUS_STATES: tuple[str, ...] = ("connecting", "online", "stalled", "reconnecting", "offline", "error")
+END_REASONS: tuple[str, ...] = ("end", "error", "stopped")
+
+
+def validate_stream_id(stream_id: str) -> str:
+    """Return ``stream_id`` if it is a valid stream id, else raise ``ValueError``."""
+    if not isinstance(stream_id, str) or not _STREAM_ID.match(stream_id):
+        raise ValueError(
+            f"invalid stream id {stream_id!r}: expected 1-64 characters from "
+            "[A-Za-z0-9_.-], starting with a letter or digit"
+        )
+    return stream_id
+
+
+def topic_for(stream_id: str) -> bytes:
+    """The ZeroMQ topic of a stream: its id followed by ``/``."""
+    return validate_stream_id(stream_id).encode() + b"/"
+
+
+def _as_array(value: Any, dtype: str, name: str) -> NDArray[Any]:
+    try:
+        return np.ascontiguousarray(value, dtype=_DTYPES[dtype])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: cannot be converted to {dtype}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Hard tokens of one frame: ``N`` boxes in source-frame pixels.
+
+    ``xyxy`` is ``(N, 4)`` float32, ``score`` ``(N,)`` float32, ``class_id`` ``(N,)`` int32 and
+    ``track_id`` ``(N,)`` int32 (-1 where untracked) or ``None`` when no tracker ran.
+    """
+
+    xyxy: NDArray[np.float32]
+    score: NDArray[np.float32]
+    class_id: NDArray[np.int32]
+    track_id: NDArray[np.int32] | None = None
+
+    def __post_init__(self) -> None:
+        xyxy = _as_array(self.xyxy, "float32", "xyxy")
+        if xyxy.size == 0:
+            xyxy = xyxy.reshape(0, 4)
+        if xyxy.ndim != 2 or xyxy.shape[1] != 4:
+            raise ValueError(f"xyxy: expected shape (N, 4), got {xyxy.shape}")
+        n = xyxy.shape[0]
+        object.__setattr__(self, "xyxy", xyxy)
+        for name, dtype in (("score", "float32"), ("class_id", "int32"), ("track_id", "int32")):
+            value = getattr(self, name)
+            if value is None and name == "track_id":
+                continue
+            arr = _as_array(value, dtype, name)
+            if arr.shape != (n,):
+                raise ValueError(f"{name}: expected shape ({n},) to match xyxy, got {arr.shape}")
+            object.__setattr__(self, name, arr)
+
+    def __len__(self) -> int:
+        return int(self.xyxy.shape[0])
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32))
+
+
+@dataclass(frozen=True)
+class Timestamps:
+    """Wall-clock times (``time.time_ns()``) of a frame's stages; 0 where not measured."""
+
+    t_capture_ns: int = 0
+    t_decode_ns: int = 0
+    t_infer_ns: int = 0
+    t_publish_ns: int = 0
+
+
+@dataclass(frozen=True)
+class TokenPacket:
+    """The tokens of one frame of one stream."""
+
+    stream_id: str
+    frame_index: int
+    pts_s: float | None
+    size_wh: tuple[int, int]
+    policy: Policy = "file"
+    dropped: int = 0
+    timestamps: Timestamps = field(default_factory=Timestamps)
+    detections: Detections | None = None
+    context_token: NDArray[Any] | None = None
+    patch_tokens: NDArray[Any] | None = None
+    models: Mapping[str, str] = field(default_factory=dict)
+    seq: int = -1
+
+    def __post_init__(self) -> None:
+        validate_stream_id(self.stream_id)
+        if self.frame_index < 0:
+            raise ValueError(f"frame_index: expected >= 0, got {self.frame_index}")
+        if len(self.size_wh) != 2 or min(self.size_wh) <= 0:
+            raise ValueError(f"size_wh: expected (width, height) > 0, got {self.size_wh}")
+        if self.policy not in ("file", "live"):
+            raise ValueError(f"policy: expected 'file' or 'live', got {self.policy!r}")
+        if self.context_token is not None and np.ndim(self.context_token) != 1:
+            raise ValueError(f"context_token: expected shape (D,), got {np.shape(self.context_token)}")
+        if self.patch_tokens is not None and np.ndim(self.patch_tokens) != 3:
+            raise ValueError(f"patch_tokens: expected shape (H, W, D), got {np.shape(self.patch_tokens)}")
+        object.__setattr__(self, "size_wh", (int(self.size_wh[0]), int(self.size_wh[1])))
+
+
+@dataclass(frozen=True)
+class StatusMessage:
+    """A change of a source's state (connecting, online, stalled, reconnecting, offline, error)."""
+
+    stream_id: str
+    state: StatusState
+    detail: str = ""
+    t_ns: int = 0
+    seq: int = -1
+
+    def __post_init__(self) -> None:
+        validate_stream_id(self.stream_id)
+        if self.state not in STATUS_STATES:
+            raise ValueError(f"state: expected one of {STATUS_STATES}, got {self.state!r}")
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """The last message of a stream: ``frames`` frame packets were sent before it."""
+
+    stream_id: str
+    frames: int
+    reason: EndReason = "end"
+    detail: str = ""
+    seq: int = -1
+
+    def __post_init__(self) -> None:
+        validate_stream_id(self.stream_id)
+        if self.reason not in END_REASONS:
+            raise ValueError(f"reason: expected one of {END_REASONS}, got {self.reason!r}")
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What a subscriber needs to interpret a stream's packets: its models (class names, grid)."""
+
+    stream_id: str
+    policy: Policy = "file"
+    models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    seq: int = -1
+
+    def __post_init__(self) -> None:
+        validate_stream_id(self.stream_id)
+
+    def class_names(self) -> list[str]:
+        """Class names of the stream's detector (empty when it has none)."""
+        det = self.models.get("detector") or {}
+        return list(det.get("class_names", []))
+
+
+Message: TypeAlias = TokenPacket | StatusMessage | EndOfStream | StreamInfo
+
+
+def stamp(message: Message, seq: int, t_publish_ns: int | None = None) -> Message:
+    """Return ``message`` with its sequence number (and, for packets, publish time) set."""
+    if isinstance(message, TokenPacket):
+        ts = replace(message.timestamps, t_publish_ns=t_publish_ns or time.time_ns())
+        return replace(message, seq=seq, timestamps=ts)
+    return replace(message, seq=seq)
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _buffer(name: str, array: NDArray[Any]) -> tuple[dict[str, Any], memoryview]:
+    dtype_name = array.dtype.name
+    if dtype_name not in _DTYPES:
+        raise ValueError(f"buffer {name!r}: dtype {dtype_name} is not allowed on the wire")
+    arr = np.ascontiguousarray(array, dtype=_DTYPES[dtype_name])
+    return {"name": name, "dtype": dtype_name, "shape": list(arr.shape)}, memoryview(arr).cast("B")
+
+
+def encode(message: Message) -> list[bytes | memoryview]:
+    """Encode a message into the frames of one multipart ZeroMQ message (buffers not copied)."""
+    header: dict[str, Any] = {"v": list(PROTOCOL_VERSION), "stream": message.stream_id, "seq": message.seq}
+    arrays: list[tuple[str, NDArray[Any]]] = []
+    if isinstance(message, TokenPacket):
+        ts = message.timestamps
+        header.update(
+            kind="frame",
+            frame=message.frame_index,
+            pts_s=message.pts_s,
+            size_wh=list(message.size_wh),
+            policy=message.policy,
+            dropped=message.dropped,
+            t_ns={
+                "capture": ts.t_capture_ns,
+                "decode": ts.t_decode_ns,
+                "infer": ts.t_infer_ns,
+                "publish": ts.t_publish_ns,
+            },
+            models=dict(message.models),
+        )
+        det = message.detections
+        if det is not None:
+            arrays += [("det_xyxy", det.xyxy), ("det_score", det.score), ("det_class", det.class_id)]
+            if det.track_id is not None:
+                arrays.append(("det_track", det.track_id))
+        if message.context_token is not None:
+            arrays.append(("ctx", message.context_token))
+        if message.patch_tokens is not None:
+            arrays.append(("patches", message.patch_tokens))
+    elif isinstance(message, StatusMessage):
+        header.update(kind="status", state=message.state, detail=message.detail, t_ns=message.t_ns)
+    elif isinstance(message, EndOfStream):
+        header.update(kind="eos", frames=message.frames, reason=message.reason, detail=message.detail)
+    elif isinstance(message, StreamInfo):
+        header.update(kind="info", policy=message.policy, models=_jsonable(message.models))
+    else:
+        raise TypeError(f"cannot encode {type(message).__name__}")
+    descriptors: list[dict[str, Any]] = []
+    frames: list[bytes | memoryview] = []
+    for name, array in arrays:
+        desc, view = _buffer(name, array)
+        descriptors.append(desc)
+        frames.append(view)
+    header["buffers"] = descriptors
+    head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    return [topic_for(message.stream_id), head, *frames]
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _field(header: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
+    if name not in header:
+        if optional:
+            return None
+        raise ProtocolError(f"header: missing field {name!r}")
+    value = header[name]
+    if value is None and optional:
+        return None
+    # bool is an int subclass; never accept it where a number is expected
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ProtocolError(f"header: field {name!r} expected {kind}, got bool")
+    if not isinstance(value, kind):
+        raise ProtocolError(f"header: field {name!r} expected {kind}, got {type(value).__name__}")
+    return value
+
+
+def _nonneg_int(header: Mapping[str, Any], name: str) -> int:
+    value = _field(header, name, int)
+    if value < 0:
+        raise ProtocolError(f"header: field {name!r} expected >= 0, got {value}")
+    return int(value)
+
+
+def _bytes_of(frame: Any) -> memoryview:
+    buf = getattr(frame, "buffer", frame)  # zmq.Frame exposes .buffer
+    try:
+        return memoryview(buf).cast("B")
+    except TypeError as exc:
+        raise ProtocolError(f"message part of type {type(frame).__name__} is not a byte buffer") from exc
+
+
+def _decode_buffers(header: Mapping[str, Any], parts: Sequence[Any]) -> dict[str, NDArray[Any]]:
+    descriptors = _field(header, "buffers", list)
+    if len(descriptors) > MAX_BUFFERS:
+        raise ProtocolError(f"header: {len(descriptors)} buffers, at most {MAX_BUFFERS} allowed")
+    if len(descriptors) != len(parts):
+        raise ProtocolError(
+            f"header describes {len(descriptors)} buffers but the message has {len(parts)} buffer parts"
+        )
+    out: dict[str, NDArray[Any]] = {}
+    for i, (desc, part) in enumerate(zip(descriptors, parts)):
+        if not isinstance(desc, dict):
+            raise ProtocolError(f"buffer {i}: descriptor must be an object, got {type(desc).__name__}")
+        name = _field(desc, "name", str)
+        dtype_name = _field(desc, "dtype", str)
+        shape = _field(desc, "shape", list)
+        if dtype_name not in _DTYPES:
+            raise ProtocolError(f"buffer {name!r}: unknown dtype {dtype_name!r}")
+        if len(shape) > MAX_NDIM or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise ProtocolError(f"buffer {name!r}: bad shape {shape!r}")
+        dtype = _DTYPES[dtype_name]
+        data = _bytes_of(part)
+        expected = math.prod(shape) * dtype.itemsize
+        if expected != data.nbytes:
+            raise ProtocolError(
+                f"buffer {name!r}: shape {shape} of {dtype_name} needs {expected} bytes, got {data.nbytes}"
+            )
+        if name in out:
+            raise ProtocolError(f"buffer {name!r} appears twice")
+        out[name] = np.frombuffer(data, dtype=dtype).reshape(shape)
+    return out
+
+
+def _expect(buffers: Mapping[str, NDArray[Any]], name: str, ndim: int, last: int | None = None) -> NDArray[Any]:
+    arr = buffers[name]
+    if arr.ndim != ndim or (last is not None and arr.shape[-1] != last):
+        want = f"{ndim} dims" + (f" ending in {last}" if last is not None else "")
+        raise ProtocolError(f"buffer {name!r}: expected {want}, got shape {arr.shape}")
+    return arr
+
+
+def _decode_frame(header: Mapping[str, Any], buffers: Mapping[str, NDArray[Any]], seq: int) -> TokenPacket:
+    size_wh = _field(header, "size_wh", list)
+    if len(size_wh) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size_wh):
+        raise ProtocolError(f"header: size_wh expected [width, height] > 0, got {size_wh!r}")
+    t_ns = _field(header, "t_ns", dict)
+    stamps = {}
+    for key in ("capture", "decode", "infer", "publish"):
+        value = t_ns.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ProtocolError(f"header: t_ns.{key} expected int, got {type(value).__name__}")
+        stamps[f"t_{key}_ns"] = value
+    models = _field(header, "models", dict, optional=True) or {}
+    if not all(isinstance(v, str) for v in models.values()):
+        raise ProtocolError("header: models expected an object of strings")
+    detections = None
+    if "det_xyxy" in buffers:
+        missing = {"det_score", "det_class"} - set(buffers)
+        if missing:
+            raise ProtocolError(f"frame has det_xyxy but lacks {sorted(missing)}")
+        try:
+            detections = Detections(
+                xyxy=_expect(buffers, "det_xyxy", 2, 4),
+                score=_expect(buffers, "det_score", 1),
+                class_id=_expect(buffers, "det_class", 1),
+                track_id=_expect(buffers, "det_track", 1) if "det_track" in buffers else None,
+            )
+        except ValueError as exc:
+            raise ProtocolError(f"detections: {exc}") from exc
+    pts = _field(header, "pts_s", (int, float), optional=True)
+    policy = _field(header, "policy", str)
+    try:
+        return TokenPacket(
+            stream_id=header["stream"],
+            frame_index=_nonneg_int(header, "frame"),
+            pts_s=None if pts is None else float(pts),
+            size_wh=(size_wh[0], size_wh[1]),
+            policy=policy,
+            dropped=_nonneg_int(header, "dropped"),
+            timestamps=Timestamps(**stamps),
+            detections=detections,
+            context_token=_expect(buffers, "ctx", 1) if "ctx" in buffers else None,
+            patch_tokens=_expect(buffers, "patches", 3) if "patches" in buffers else None,
+            models=models,
+            seq=seq,
+        )
+    except ValueError as exc:
+        raise ProtocolError(f"frame: {exc}") from exc
+
+
+def decode(parts: Sequence[Any]) -> Message:
+    """Decode the frames of one multipart message; raise :class:`ProtocolError` if malformed.
+
+    Buffers are zero-copy, read-only numpy views of the received frames.
+    """
+    if len(parts) < 2:
+        raise ProtocolError(f"message has {len(parts)} parts, expected at least 2 (topic, header)")
+    head = _bytes_of(parts[1])
+    if head.nbytes > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header is {head.nbytes} bytes, at most {MAX_HEADER_BYTES} allowed")
+    try:
+        header = json.loads(head.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"header is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError(f"header must be a JSON object, got {type(header).__name__}")
+    version = _field(header, "v", list)
+    if len(version) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in version):
+        raise ProtocolError(f"header: v expected [major, minor], got {version!r}")
+    if version[0] != PROTOCOL_VERSION[0]:
+        raise ProtocolError(
+            f"unsupported protocol major version {version[0]} (this decoder speaks {PROTOCOL_VERSION[0]}.x)"
+        )
+    stream_id = _field(header, "stream", str)
+    try:
+        expected_topic = topic_for(stream_id)
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from exc
+    if _bytes_of(parts[0]).tobytes() != expected_topic:
+        raise ProtocolError(f"topic does not match stream id {stream_id!r}")
+    seq = _nonneg_int(header, "seq")
+    kind = _field(header, "kind", str)
+    buffers = _decode_buffers(header, parts[2:])
+    try:
+        if kind == "frame":
+            return _decode_frame(header, buffers, seq)
+        if buffers:
+            raise ProtocolError(f"a {kind!r} message carries no buffers, got {len(buffers)}")
+        if kind == "status":
+            t_ns = _field(header, "t_ns", int)
+            return StatusMessage(stream_id, _field(header, "state", str), _field(header, "detail", str), t_ns, seq)
+        if kind == "eos":
+            return EndOfStream(
+                stream_id, _nonneg_int(header, "frames"), _field(header, "reason", str),
+                _field(header, "detail", str), seq,
+            )
+        if kind == "info":
+            return StreamInfo(stream_id, _field(header, "policy", str), _field(header, "models", dict), seq)
+    except ValueError as exc:
+        raise ProtocolError(f"{kind}: {exc}") from exc
+    raise ProtocolError(f"unknown message kind {kind!r}")

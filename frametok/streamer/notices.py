@@ -1,0 +1,69 @@
+"""Small control notices between pipeline processes (pixels never travel here: they are in the ring)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .ring import RingSpec
+
+__all__ = ["EndNotice", "EventNotice", "FrameNotice", "OpenNotice", "RunContext", "StatusNotice"]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a run's processes find each other: ipc endpoints and the shared-memory name prefix."""
+
+    run_id: str
+    frames_endpoint: str
+    events_endpoint: str
+    shm_prefix: str
+
+
+@dataclass(frozen=True)
+class OpenNotice:
+    """A producer (re)created its ring: the worker attaches to ``ring``."""
+
+    stream_id: str
+    ring: RingSpec
+
+
+@dataclass(frozen=True)
+class FrameNotice:
+    """Frame ``seq`` of a stream is ready in ``slot`` of its ring."""
+
+    stream_id: str
+    slot: int
+    seq: int
+    frame_index: int
+    pts_s: float | None
+    t_capture_ns: int
+    t_decode_ns: int
+    dropped: int
+
+
+@dataclass(frozen=True)
+class StatusNotice:
+    stream_id: str
+    state: str
+    detail: str
+    t_ns: int
+
+
+@dataclass(frozen=True)
+class EndNotice:
+    """The producer sent its last frame (``reason``: end, error, stopped)."""
+
+    stream_id: str
+    frames: int
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class EventNotice:
+    """Worker/producer -> supervisor: ready, failed, progress, stream_end, done."""
+
+    source: str
+    event: str
+    data: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,260 @@
+"""Start a run's processes, follow their progress, stop them cleanly, and summarise."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+import zmq
+
+from ..config import Config, SourceConfig
+from ..errors import ConfigError, PipelineError
+from ..models.registry import resolve_model
+from ..models.session import create_session
+from .notices import EventNotice, RunContext
+from .producer import producer_main
+from .sources import probe_source
+from .worker import Models, worker_main
+
+__all__ = ["RunSummary", "prepare_models", "prepare_sources", "run_pipeline"]
+
+log = logging.getLogger(__name__)
+
+_STARTUP_TIMEOUT_S = 120.0
+_STOP_GRACE_S = 5.0
+
+
+@dataclass
+class RunSummary:
+    """What a run did: frames decoded and packets published per stream, time, and failures."""
+
+    frames: int = 0
+    packets: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    stopped: bool = False
+    bytes_sent: int = 0
+    model_time_s: float = 0.0
+
+    @property
+    def total_packets(self) -> int:
+        return sum(self.packets.values())
+
+    @property
+    def fps(self) -> float:
+        return self.total_packets / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        text = (
+            f"frametok: {self.frames} frames from {len(self.packets)} stream(s) -> {self.total_packets} packets "
+            f"in {self.seconds:.1f} s ({self.fps:.2f} fps); dropped {sum(self.dropped.values())}"
+        )
+        if self.stopped:
+            text += "; stopped early"
+        if self.errors:
+            text += "; failed: " + ", ".join(f"{sid} ({err})" for sid, err in self.errors.items())
+        return text
+
+
+def prepare_sources(config: Config) -> dict[str, str]:
+    """Check every source before anything starts; returns stream id -> URI to open (demo resolved)."""
+    uris: dict[str, str] = {}
+    problems = []
+    for src in config.sources:
+        try:
+            uris[src.id] = _prepare_source(src)
+        except PipelineError as exc:
+            problems.append(f"source {src.id!r}: {exc}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return uris
+
+
+def _prepare_source(src: SourceConfig) -> str:
+    from ..errors import SourceError
+
+    kind = src.kind
+    if kind == "demo":
+        from ..demo import ensure_demo_clip
+
+        return str(ensure_demo_clip())
+    if kind == "file":
+        try:
+            probe_source(src.uri)
+        except SourceError as exc:
+            raise PipelineError(str(exc)) from exc
+        return src.uri
+    if kind == "network":
+        return src.uri
+    raise PipelineError(f"{kind} sources ({src.uri}) are not supported yet")
+
+
+def prepare_models(config: Config, models_dirs: tuple[str, ...] = ()) -> Models:
+    """Resolve and load-check the models on the CPU before any process starts."""
+    search = (*models_dirs, config.models_dir)
+    det = resolve_model(config.detector.model, "detector", search) if config.detector else None
+    enc = resolve_model(config.encoder.model, "encoder", search) if config.encoder else None
+    for files in (det, enc):
+        if files is not None:
+            create_session(files, ("cpu",), threads=1)
+    return Models(det, enc)
+
+
+@contextlib.contextmanager
+def _run_context() -> Iterator[RunContext]:
+    run_id = uuid.uuid4().hex[:8]
+    rundir = tempfile.mkdtemp(prefix=f"frametok-{run_id}-")
+    shm_prefix = f"frametok-{run_id}-"
+    try:
+        yield RunContext(run_id, f"ipc://{rundir}/frames", f"ipc://{rundir}/events", shm_prefix)
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+        for leftover in glob.glob(f"/dev/shm/{shm_prefix}*"):
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: Any) -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.warning("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _shutdown(processes: list[BaseProcess], stop: Any) -> None:
+    stop.set()
+    deadline = time.monotonic() + _STOP_GRACE_S
+    for proc in processes:
+        proc.join(max(0.0, deadline - time.monotonic()))
+    for proc in processes:
+        if proc.is_alive():
+            log.warning("process %s did not stop in %.0f s; terminating it", proc.name, _STOP_GRACE_S)
+            proc.terminate()
+            proc.join(2.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(2.0)
+
+
+def run_pipeline(
+    config: Config,
+    *,
+    models: Models | None = None,
+    models_dirs: tuple[str, ...] = (),
+    on_event: Callable[[EventNotice], None] | None = None,
+    log_level: int = logging.WARNING,
+) -> RunSummary:
+    """Run the whole pipeline until every source ended (or SIGINT/SIGTERM); returns its summary.
+
+    Everything a user can get wrong (config, sources, models) is checked before a process starts.
+    ``on_event`` sees every progress/status event (the CLI draws its progress bar from them).
+    """
+    uris = prepare_sources(config)
+    models = models or prepare_models(config, models_dirs)
+    spawn = mp.get_context("spawn")
+    stop = spawn.Event()
+    summary = RunSummary(packets={s.id: 0 for s in config.sources})
+    processes: list[BaseProcess] = []
+    with _run_context() as run, _stop_on_signals(stop):
+        zctx = zmq.Context()
+        events = zctx.socket(zmq.PULL)
+        events.bind(run.events_endpoint)
+        t0 = time.monotonic()
+        try:
+            worker = spawn.Process(target=worker_main, name="frametok-worker",
+                                   args=(config, models, run, stop, log_level))
+            worker.start()
+            processes.append(worker)
+            _await_ready(events, worker, stop, on_event)
+            for src in config.sources:
+                proc = spawn.Process(target=producer_main, name=f"frametok-producer-{src.id}",
+                                     args=(src.id, uris[src.id], src.effective_policy, src.slots, run, stop, log_level))
+                proc.start()
+                processes.append(proc)
+            _follow(events, worker, stop, summary, on_event)
+        finally:
+            summary.stopped = stop.is_set()  # set by a signal, not (yet) by our own shutdown
+            _shutdown(processes, stop)
+            _drain(events, summary, on_event)
+            events.close(0)
+            zctx.term()
+            summary.seconds = time.monotonic() - t0
+    return summary
+
+
+def _await_ready(events: Any, worker: BaseProcess, stop: Any,
+                 on_event: Callable[[EventNotice], None] | None) -> None:
+    deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline and not stop.is_set():
+        if events.poll(100):
+            ev: EventNotice = events.recv_pyobj()
+            if on_event:
+                on_event(ev)
+            if ev.event == "ready":
+                return
+            if ev.event == "failed":
+                raise PipelineError(f"worker failed to start: {ev.data.get('error')}")
+        elif not worker.is_alive():
+            raise PipelineError(f"worker exited during start-up (exit code {worker.exitcode})")
+    if not stop.is_set():
+        raise PipelineError(f"worker did not start within {_STARTUP_TIMEOUT_S:.0f} s")
+
+
+def _apply(ev: EventNotice, summary: RunSummary) -> None:
+    data = ev.data
+    if ev.event == "producer_end":
+        summary.frames += int(data.get("frames", 0))
+        summary.dropped[ev.source] = int(data.get("dropped", 0))
+        if data.get("reason") == "error":
+            summary.errors[ev.source] = str(data.get("detail", "error"))
+    elif ev.event == "done":
+        summary.packets.update({k: int(v) for k, v in data.get("packets", {}).items()})
+        summary.bytes_sent = int(data.get("bytes_sent", 0))
+        summary.model_time_s = float(data.get("model_time_s", 0.0))
+    elif ev.event == "progress":
+        summary.packets.update({k: int(v) for k, v in data.get("streams", {}).items()})
+
+
+def _follow(events: Any, worker: BaseProcess, stop: Any, summary: RunSummary,
+            on_event: Callable[[EventNotice], None] | None) -> None:
+    while not stop.is_set():
+        if events.poll(200):
+            ev: EventNotice = events.recv_pyobj()
+            _apply(ev, summary)
+            if on_event:
+                on_event(ev)
+            if ev.event == "done":
+                return
+        elif not worker.is_alive():
+            if worker.exitcode != 0:
+                raise PipelineError(f"worker exited with code {worker.exitcode}")
+            return
+
+
+def _drain(events: Any, summary: RunSummary, on_event: Callable[[EventNotice], None] | None) -> None:
+    while events.poll(50):
+        ev: EventNotice = events.recv_pyobj()
+        _apply(ev, summary)
+        if on_event:
+            on_event(ev)

@@ -1,0 +1,272 @@
+"""Worker process: gather ready frames across sources, run the models in batches, publish packets."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.synchronize import Event
+from typing import Any
+
+import numpy as np
+import zmq
+
+from ..config import Config
+from ..errors import FrametokError
+from ..models.detector import Detector, LetterboxInfo
+from ..models.encoder import Encoder
+from ..models.session import ModelFiles, create_session
+from ..packet import Detections, EndOfStream, StatusMessage, StreamInfo, Timestamps, TokenPacket
+from .notices import EndNotice, EventNotice, FrameNotice, OpenNotice, RunContext, StatusNotice
+from .publisher import Publisher
+from .ring import FrameRing
+
+__all__ = ["Models", "worker_main"]
+
+log = logging.getLogger(__name__)
+
+_PROGRESS_EVERY_S = 0.5
+
+
+@dataclass(frozen=True)
+class Models:
+    """The resolved model files a worker loads."""
+
+    detector: ModelFiles | None
+    encoder: ModelFiles | None
+
+
+@dataclass
+class _Stream:
+    stream_id: str
+    policy: str
+    ring: FrameRing | None = None
+    published: int = 0
+    dropped: int = 0
+    discarded: int = 0
+    ended: bool = False
+
+
+@dataclass
+class _Batch:
+    notices: list[FrameNotice] = field(default_factory=list)
+    ends: list[EndNotice] = field(default_factory=list)
+
+
+class _Worker:
+    def __init__(self, config: Config, models: Models, run: RunContext, stop: Event) -> None:
+        self.config, self.run, self.stop = config, run, stop
+        wc = config.worker
+        self.detector: Detector | None = None
+        self.encoder: Encoder | None = None
+        if models.detector is not None and config.detector is not None:
+            dc = config.detector
+            session = create_session(models.detector, wc.providers, wc.threads)
+            self.detector = Detector(models.detector.manifest, session,  # type: ignore[arg-type]
+                                     dc.conf_threshold, dc.iou_threshold, dc.max_det)
+        if models.encoder is not None and config.encoder is not None:
+            session = create_session(models.encoder, wc.providers, wc.threads)
+            self.encoder = Encoder(models.encoder.manifest, session)  # type: ignore[arg-type]
+        self.wire_dtype = np.dtype(config.encoder.dtype if config.encoder else "float16")
+        self.model_ids = {}
+        model_infos: dict[str, Any] = {}
+        if self.detector is not None:
+            self.model_ids["detector"] = self.detector.manifest.model_id
+            model_infos["detector"] = self.detector.manifest.info()
+        if self.encoder is not None:
+            self.model_ids["encoder"] = self.encoder.manifest.model_id
+            model_infos["encoder"] = self.encoder.manifest.info()
+        self.streams = {s.id: _Stream(s.id, s.effective_policy) for s in config.sources}
+        infos = {s.id: StreamInfo(s.id, s.effective_policy, model_infos) for s in config.sources}  # type: ignore[arg-type]
+        # batch buffers, allocated once
+        n = wc.max_batch
+        self.det_batch = (np.empty((n, 3, *self.detector.input_hw), np.float32) if self.detector else None)
+        self.enc_batch = (np.empty((n, 3, *self.encoder.input_hw), np.float32) if self.encoder else None)
+        self.ctx = zmq.Context()
+        self.frames_in = self.ctx.socket(zmq.PULL)
+        self.frames_in.bind(run.frames_endpoint)
+        self.events_out = self.ctx.socket(zmq.PUSH)
+        self.events_out.setsockopt(zmq.LINGER, 2000)
+        self.events_out.connect(run.events_endpoint)
+        self.publisher = Publisher(self.ctx, config.publisher, infos)
+        self.batches = 0
+        self.frames_done = 0
+        self.model_time_s = 0.0
+        self._last_progress = 0.0
+
+    def event(self, event: str, **data: Any) -> None:
+        self.events_out.send_pyobj(EventNotice("worker", event, data))
+
+    # ------------------------------------------------------------------ notices
+
+    def _handle(self, notice: Any, batch: _Batch) -> None:
+        if isinstance(notice, FrameNotice):
+            batch.notices.append(notice)
+        elif isinstance(notice, OpenNotice):
+            st = self.streams[notice.stream_id]
+            if st.ring is not None:
+                st.ring.close()
+            st.ring = FrameRing.attach(notice.ring)
+        elif isinstance(notice, StatusNotice):
+            self.publisher.publish(StatusMessage(notice.stream_id, notice.state, notice.detail, notice.t_ns))  # type: ignore[arg-type]
+        elif isinstance(notice, EndNotice):
+            batch.ends.append(notice)
+        else:  # pragma: no cover - only our own processes write here
+            log.warning("ignoring unknown notice %r", notice)
+
+    def gather(self) -> _Batch:
+        """Up to ``max_batch`` ready frames, waiting at most ``max_wait_ms`` after the first one."""
+        wc = self.config.worker
+        batch = _Batch()
+        deadline: float | None = None
+        while len(batch.notices) < wc.max_batch and not batch.ends:
+            if deadline is None:
+                timeout_ms = 100
+            else:
+                timeout_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if not self.frames_in.poll(timeout_ms):
+                if deadline is not None or self.stop.is_set():
+                    break
+                self.publisher.poll_subscriptions()
+                continue
+            self._handle(self.frames_in.recv_pyobj(), batch)
+            if batch.notices and deadline is None:
+                deadline = time.monotonic() + wc.max_wait_ms / 1000.0
+        return batch
+
+    # ------------------------------------------------------------------ processing
+
+    def _load(self, batch: _Batch) -> tuple[list[FrameNotice], list[LetterboxInfo | None]]:
+        """Pre-process each frame straight from shared memory into the batch tensors."""
+        kept: list[FrameNotice] = []
+        infos: list[LetterboxInfo | None] = []
+        for notice in batch.notices:
+            st = self.streams[notice.stream_id]
+            st.dropped = notice.dropped
+            ring = st.ring
+            version = ring.claim(notice.slot, notice.seq) if ring is not None else None
+            if ring is None or version is None:
+                st.discarded += 1  # overwritten by a newer frame (live policy)
+                continue
+            view = ring.view(notice.slot)
+            i = len(kept)
+            info = None
+            if self.detector is not None and self.det_batch is not None:
+                info = self.detector.preprocess(view, self.det_batch[i])
+            if self.encoder is not None and self.enc_batch is not None:
+                self.encoder.preprocess(view, self.enc_batch[i])
+            ok = ring.verify(notice.slot, version)
+            ring.release(notice.slot, notice.seq)
+            if not ok:
+                st.discarded += 1
+                continue
+            kept.append(notice)
+            infos.append(info)
+        return kept, infos
+
+    def process(self, batch: _Batch) -> None:
+        kept, infos = self._load(batch)
+        n = len(kept)
+        if n:
+            t0 = time.perf_counter()
+            dets: list[Detections | None] = [None] * n
+            if self.detector is not None and self.det_batch is not None:
+                raw = self.detector.infer(self.det_batch[:n])
+                dets = [self.detector.postprocess(raw[i], info) for i, info in enumerate(infos)]  # type: ignore[arg-type]
+            context = patches = None
+            if self.encoder is not None and self.enc_batch is not None:
+                enc = self.encoder.split(self.encoder.infer(self.enc_batch[:n]))
+                context = enc.context.astype(self.wire_dtype)
+                if self.config.encoder is not None and self.config.encoder.patches:
+                    patches = enc.patches.astype(self.wire_dtype)
+            self.model_time_s += time.perf_counter() - t0
+            t_infer = time.time_ns()
+            for i, notice in enumerate(kept):
+                st = self.streams[notice.stream_id]
+                ring = st.ring
+                assert ring is not None
+                h, w = ring.spec.shape_hwc[:2]
+                self.publisher.publish(TokenPacket(
+                    stream_id=notice.stream_id,
+                    frame_index=notice.frame_index,
+                    pts_s=notice.pts_s,
+                    size_wh=(w, h),
+                    policy=st.policy,  # type: ignore[arg-type]
+                    dropped=notice.dropped,
+                    timestamps=Timestamps(notice.t_capture_ns, notice.t_decode_ns, t_infer),
+                    detections=dets[i],
+                    context_token=None if context is None else context[i],
+                    patch_tokens=None if patches is None else patches[i],
+                    models=self.model_ids,
+                ))
+                st.published += 1
+            self.batches += 1
+            self.frames_done += n
+        for end in batch.ends:
+            st = self.streams[end.stream_id]
+            st.ended = True
+            self.publisher.publish(EndOfStream(end.stream_id, st.published, end.reason, end.detail))  # type: ignore[arg-type]
+            self.event("stream_end", stream=end.stream_id, packets=st.published, reason=end.reason, detail=end.detail)
+
+    def _progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_progress >= _PROGRESS_EVERY_S:
+            self._last_progress = now
+            self.event("progress", frames=self.frames_done,
+                       streams={sid: st.published for sid, st in self.streams.items()})
+
+    def main(self) -> None:
+        self.event("ready", endpoint=self.config.publisher.endpoint, models=self.model_ids)
+        wanted = self.config.publisher.wait_subscribers
+        if wanted and not self.publisher.wait_for_subscribers(wanted, self.stop.is_set):
+            return
+        while not self.stop.is_set() and not all(st.ended for st in self.streams.values()):
+            batch = self.gather()
+            self.process(batch)
+            self.publisher.poll_subscriptions()
+            self._progress()
+        self._progress(force=True)
+
+    def close(self) -> None:
+        if self.stop.is_set():
+            for st in self.streams.values():
+                if not st.ended:
+                    self.publisher.publish(EndOfStream(st.stream_id, st.published, "stopped", "run stopped"))
+        self.event("done", frames=self.frames_done, batches=self.batches, model_time_s=self.model_time_s,
+                   packets={sid: st.published for sid, st in self.streams.items()},
+                   discarded={sid: st.discarded for sid, st in self.streams.items()},
+                   dropped={sid: st.dropped for sid, st in self.streams.items()},
+                   bytes_sent=self.publisher.bytes_sent)
+        for st in self.streams.values():
+            if st.ring is not None:
+                st.ring.close()
+        self.publisher.close()
+        self.frames_in.close(0)
+        self.events_out.close()
+        self.ctx.term()
+
+
+def worker_main(config: Config, models: Models, run: RunContext, stop: Event, log_level: int = logging.WARNING) -> None:
+    """Entry point of the worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+    logging.basicConfig(level=log_level, format="%(levelname)s worker %(message)s")
+    try:
+        worker = _Worker(config, models, run, stop)
+    except FrametokError as exc:
+        _report_failure(run, str(exc))
+        raise SystemExit(3) from None
+    try:
+        worker.main()
+    finally:
+        worker.close()
+
+
+def _report_failure(run: RunContext, message: str) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 2000)
+    sock.connect(run.events_endpoint)
+    sock.send_pyobj(EventNotice("worker", "failed", {"error": message}))
+    sock.close()
+    ctx.term()
