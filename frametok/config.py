@@ -165,7 +165,8 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Mapping[s
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"invalid config {path}: expected a mapping at the top level, got {type(loaded).__name__}")
+            kind = type(loaded).__name__
+            raise ConfigError(f"invalid config {path}: expected a mapping at the top level, got {kind}")
         data = loaded
     for key, value in (overrides or {}).items():
         if isinstance(value, Mapping) and isinstance(data.get(key), Mapping):

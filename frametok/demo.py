@@ -46,7 +46,7 @@ def _pan_zoom(photo: NDArray[np.uint8], frames: int, size_wh: tuple[int, int]) -
         x0 = (w - crop_w) * t
         y0 = (h - crop_h) * 0.5
         M = np.array([[out_w / crop_w, 0, -x0 * out_w / crop_w], [0, out_h / crop_h, -y0 * out_h / crop_h]])
-        yield cv2.warpAffine(photo, M, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        yield np.asarray(cv2.warpAffine(photo, M, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT), np.uint8)
 
 
 def write_pan_zoom_clip(photos: list[Path], out: Path, *, frames_per_photo: int = 24, fps: int = 12,
@@ -66,7 +66,7 @@ def write_pan_zoom_clip(photos: list[Path], out: Path, *, frames_per_photo: int 
                 bgr = cv2.imread(str(path))
                 if bgr is None:
                     raise SourceError(f"cannot read photo {path}")
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                rgb = np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), np.uint8)
                 for frame_rgb in _pan_zoom(rgb, frames_per_photo, size_wh):
                     container.mux(stream.encode(av.VideoFrame.from_ndarray(frame_rgb, format="rgb24")))
             container.mux(stream.encode(None))

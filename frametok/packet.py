@@ -232,11 +232,16 @@ def _buffer(name: str, array: NDArray[Any]) -> tuple[dict[str, Any], memoryview]
     if dtype_name not in _DTYPES:
         raise ValueError(f"buffer {name!r}: dtype {dtype_name} is not allowed on the wire")
     arr = np.ascontiguousarray(array, dtype=_DTYPES[dtype_name])
-    return {"name": name, "dtype": dtype_name, "shape": list(arr.shape)}, memoryview(arr).cast("B")
+    return {"name": name, "dtype": dtype_name, "shape": list(arr.shape)}, memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
 def encode(message: Message) -> list[bytes | memoryview]:
-    """Encode a message into the frames of one multipart ZeroMQ message (buffers not copied)."""
+    """Encode a message into the frames of one multipart ZeroMQ message (buffers not copied).
+
+    The message must carry its sequence number (see :func:`stamp`; the publisher does it).
+    """
+    if message.seq < 0:
+        raise ValueError(f"{type(message).__name__} has no sequence number (seq={message.seq}); stamp() it first")
     header: dict[str, Any] = {"v": list(PROTOCOL_VERSION), "stream": message.stream_id, "seq": message.seq}
     arrays: list[tuple[str, NDArray[Any]]] = []
     if isinstance(message, TokenPacket):
@@ -331,7 +336,7 @@ def _decode_buffers(header: Mapping[str, Any], parts: Sequence[Any]) -> dict[str
             f"header describes {len(descriptors)} buffers but the message has {len(parts)} buffer parts"
         )
     out: dict[str, NDArray[Any]] = {}
-    for i, (desc, part) in enumerate(zip(descriptors, parts)):
+    for i, (desc, part) in enumerate(zip(descriptors, parts, strict=True)):
         if not isinstance(desc, dict):
             raise ProtocolError(f"buffer {i}: descriptor must be an object, got {type(desc).__name__}")
         name = _field(desc, "name", str)

@@ -106,10 +106,10 @@ class Detector:
         xywh = boxes_cxcywh.copy()
         xywh[:, 0] -= xywh[:, 2] / 2
         xywh[:, 1] -= xywh[:, 3] / 2
-        idx = cv2.dnn.NMSBoxesBatched(
+        kept = cv2.dnn.NMSBoxesBatched(
             xywh.tolist(), score.tolist(), class_id.tolist(), self.conf_threshold, self.iou_threshold
         )
-        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        idx = np.asarray(kept, dtype=np.int64).reshape(-1)
         idx = idx[np.argsort(-score[idx], kind="stable")][: self.max_det]
         xyxy = np.empty((len(idx), 4), np.float32)
         xyxy[:, :2] = xywh[idx, :2]

@@ -31,8 +31,9 @@ class Encoder:
         self.manifest = manifest
         self.session = session
         m = manifest
-        self._scale = (np.float32(m.scale) / np.asarray(m.std, np.float32)).reshape(3, 1, 1)
-        self._offset = (np.asarray(m.mean, np.float32) / np.asarray(m.std, np.float32)).reshape(3, 1, 1)
+        std = np.asarray(m.std, np.float32).reshape(3, 1, 1)
+        self._scale: NDArray[np.float32] = np.float32(m.scale) / std
+        self._offset: NDArray[np.float32] = np.asarray(m.mean, np.float32).reshape(3, 1, 1) / std
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -41,9 +42,9 @@ class Encoder:
     def preprocess(self, frame_rgb: NDArray[np.uint8], out: NDArray[np.float32]) -> None:
         """Resize the whole frame to the input size and normalise it into ``out`` (3, H, W)."""
         h, w = self.manifest.input_size_hw
-        img = frame_rgb
+        img: NDArray[np.uint8] = frame_rgb
         if img.shape[:2] != (h, w):
-            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+            img = np.asarray(cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR), np.uint8)
         if self.manifest.colour == "BGR":
             img = img[..., ::-1]
         np.multiply(img.transpose(2, 0, 1), self._scale, out=out, casting="unsafe")

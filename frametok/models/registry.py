@@ -18,7 +18,7 @@ from typing import Literal
 
 from ..errors import ModelError
 from .describe import IMAGENET_MEAN, IMAGENET_STD, describe_encoder_onnx, describe_ultralytics_onnx
-from .manifest import manifest_path_for, write_manifest
+from .manifest import DetectorManifest, EncoderManifest, manifest_path_for, write_manifest
 from .session import ModelFiles, locate_model
 
 __all__ = ["REGISTRY", "RegistryEntry", "cache_dir", "describe_registry", "models_dirs", "resolve_model"]
@@ -103,6 +103,7 @@ def _from_models_dir(entry: RegistryEntry, folder: Path, cache: Path) -> ModelFi
         if manifest_path_for(onnx).exists():
             return locate_model(onnx)
         cache.mkdir(parents=True, exist_ok=True)
+        manifest: DetectorManifest | EncoderManifest
         if entry.kind == "detector":
             manifest = describe_ultralytics_onnx(onnx, name=entry.name)
         else:
@@ -164,7 +165,9 @@ def resolve_model(
     return files
 
 
-def _resolve_named(entry: RegistryEntry, search: Sequence[str | os.PathLike[str] | None], allow_online: bool) -> ModelFiles:
+def _resolve_named(
+    entry: RegistryEntry, search: Sequence[str | os.PathLike[str] | None], allow_online: bool
+) -> ModelFiles:
     dirs = models_dirs(search)
     cache = cache_dir() / "models"
     for folder in dirs:

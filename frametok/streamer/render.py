@@ -71,7 +71,7 @@ def message_dict(msg: Message, class_names: Sequence[str] = ()) -> dict[str, Any
                 {"class_id": int(c), "class": _name(class_names, int(c)), "score": round(float(s), 4),
                  "xyxy": [round(float(v), 2) for v in box],
                  **({"track_id": int(tracks[i])} if tracks is not None else {})}
-                for i, (box, s, c) in enumerate(zip(det.xyxy, det.score, det.class_id))
+                for i, (box, s, c) in enumerate(zip(det.xyxy, det.score, det.class_id, strict=True))
             ]
         base["context_shape"] = None if msg.context_token is None else list(msg.context_token.shape)
         base["patch_shape"] = None if msg.patch_tokens is None else list(msg.patch_tokens.shape)

@@ -209,7 +209,8 @@ class FrameRing:
 
     def view(self, slot: int) -> NDArray[np.uint8]:
         """The slot's pixels, zero-copy; valid only between :meth:`claim` and :meth:`release`."""
-        return self.frames[slot]
+        view: NDArray[np.uint8] = self.frames[slot]
+        return view
 
     def verify(self, slot: int, version: int) -> bool:
         """True when the slot was not overwritten since :meth:`claim` returned ``version``."""

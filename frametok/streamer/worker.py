@@ -121,10 +121,7 @@ class _Worker:
         batch = _Batch()
         deadline: float | None = None
         while len(batch.notices) < wc.max_batch and not batch.ends:
-            if deadline is None:
-                timeout_ms = 100
-            else:
-                timeout_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            timeout_ms = 100 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             if not self.frames_in.poll(timeout_ms):
                 if deadline is not None or self.stop.is_set():
                     break

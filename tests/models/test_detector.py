@@ -1,0 +1,65 @@
+"""Detection is right: frametok's detector against Ultralytics' own prediction from the same weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from frametok.models.detector import Detector, letterbox_into
+from frametok.models.registry import resolve_model
+from frametok.models.session import create_session
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    return float(inter / (area(a) + area(b) - inter))
+
+
+@pytest.fixture(scope="module")
+def detector(shared_models: Path) -> Detector:
+    files = resolve_model("yolov8n", "detector", [shared_models], allow_online=False)
+    return Detector(files.manifest, create_session(files, ("cpu",), threads=2))  # type: ignore[arg-type]
+
+
+def test_bus_matches_ultralytics(detector: Detector, shared_models: Path, shared_media: Path) -> None:
+    ultralytics = pytest.importorskip("ultralytics", reason="the export extra (ultralytics) is not installed")
+    bgr = cv2.imread(str(shared_media / "bus.jpg"))
+    det = detector([cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)])[0]
+    names = detector.manifest.class_names
+    found = [names[c] for c in det.class_id]
+    assert "bus" in found and found.count("person") >= 3
+
+    ref = ultralytics.YOLO(str(shared_models / "yolov8n_coco.pt")).predict(bgr, imgsz=640, verbose=False)[0]
+    ref_xyxy = ref.boxes.xyxy.numpy()
+    ref_cls = ref.boxes.cls.numpy().astype(int)
+    ref_conf = ref.boxes.conf.numpy()
+    checked = 0
+    for box, cls, conf in zip(ref_xyxy, ref_cls, ref_conf, strict=True):
+        if conf < 0.5:
+            continue
+        same = [iou(box, mine) for mine, c in zip(det.xyxy, det.class_id, strict=True) if c == cls]
+        assert same and max(same) >= 0.9, (names[cls], conf, same)
+        checked += 1
+    assert checked >= 4  # the bus and the people
+
+
+def test_batch_equals_single(detector: Detector, shared_media: Path) -> None:
+    imgs = [cv2.cvtColor(cv2.imread(str(shared_media / n)), cv2.COLOR_BGR2RGB) for n in ("bus.jpg", "zidane.jpg")]
+    together = detector(imgs)
+    for img, det in zip(imgs, together, strict=True):
+        alone = detector([img])[0]
+        np.testing.assert_allclose(alone.xyxy, det.xyxy, atol=1e-3)
+
+
+def test_letterbox_geometry() -> None:
+    frame = np.zeros((576, 768, 3), np.uint8)
+    out, info = letterbox_into(frame, (640, 640))
+    assert out.shape == (640, 640, 3)
+    assert info.gain == pytest.approx(640 / 768) and info.pad_xy == (0.0, 80.0)
+    assert (out[:80] == 114).all() and (out[80:560] == 0).all()

@@ -1,0 +1,85 @@
+"""End to end with real processes, sockets, video and models: frametok run -> Subscriber."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from frametok import EndOfStream, StatusMessage, StreamInfo, Subscriber, TokenPacket
+from frametok.packet import Message
+
+from ..conftest import start_cli
+
+
+def run_and_collect(args: list[str], endpoint: str, timeout_s: float = 900) -> tuple[list[Message], str, int]:
+    """Subscribe first, start `frametok run` (which waits for the subscription), collect until EOS."""
+    with Subscriber(endpoint, timeout_s=timeout_s) as sub:
+        proc = start_cli("run", *args, "--publish", endpoint, "--wait-subscribers", "1", "--no-progress")
+        try:
+            messages = list(sub)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        gaps = sub.gaps
+    assert not gaps, f"sequence gaps: {gaps}"
+    return messages, out + err, proc.returncode
+
+
+def _frames(messages: list[Message]) -> list[TokenPacket]:
+    return [m for m in messages if isinstance(m, TokenPacket)]
+
+
+def test_small_clip_end_to_end(shared_media: Path, shared_models: Path, endpoint: str) -> None:
+    messages, output, code = run_and_collect(
+        ["--source", f"clip={shared_media / 'vtest_small_3s.mp4'}", "--models", str(shared_models)], endpoint)
+    assert code == 0, output
+    frames = _frames(messages)
+    assert [p.frame_index for p in frames] == list(range(30))
+    assert isinstance(messages[-1], EndOfStream) and messages[-1].frames == 30 and messages[-1].reason == "end"
+    assert sum(isinstance(m, EndOfStream) for m in messages) == 1
+    info = next(m for m in messages if isinstance(m, StreamInfo))
+    assert info.class_names()[0] == "person"
+    assert any(isinstance(m, StatusMessage) and m.state == "online" for m in messages)
+    with_people = sum(1 for p in frames if p.detections is not None and (p.detections.class_id == 0).any())
+    assert with_people >= 0.8 * len(frames)
+    for p in frames:
+        assert p.stream_id == "clip" and p.size_wh == (384, 288) and p.policy == "file"
+        assert p.patch_tokens is not None and p.patch_tokens.shape == (16, 16, 384)
+        assert p.context_token is not None and p.context_token.shape == (384,)
+        assert np.isfinite(p.patch_tokens.astype(np.float32)).all()
+        t = p.timestamps
+        assert 0 < t.t_capture_ns <= t.t_decode_ns <= t.t_infer_ns <= t.t_publish_ns
+        assert p.detections is not None
+        boxes = p.detections.xyxy
+        assert ((boxes[:, 0] >= 0) & (boxes[:, 2] <= 384) & (boxes[:, 1] >= 0) & (boxes[:, 3] <= 288)).all()
+    assert abs(frames[10].pts_s - 1.0) < 1e-6  # 10 fps clip
+    assert re.search(r"30 frames from 1 stream\(s\) -> 30 packets", output)
+
+
+@pytest.mark.slow
+def test_long_video_loses_nothing(shared_media: Path, shared_models: Path, endpoint: str) -> None:
+    messages, output, code = run_and_collect(
+        ["--source", f"vtest={shared_media / 'vtest.avi'}", "--models", str(shared_models)], endpoint)
+    assert code == 0, output
+    frames = _frames(messages)
+    assert [p.frame_index for p in frames] == list(range(795))
+    assert isinstance(messages[-1], EndOfStream) and messages[-1].frames == 795
+    assert "795 packets" in output
+    print(output.strip().splitlines()[-1])
+
+
+def test_two_sources_one_worker(shared_media: Path, shared_models: Path, synthetic_video: Path, endpoint: str) -> None:
+    messages, output, code = run_and_collect(
+        ["--source", f"a={shared_media / 'vtest_small_3s.mp4'}", "--source", f"b={synthetic_video}",
+         "--models", str(shared_models), "--encoder", "none"], endpoint)
+    assert code == 0, output
+    per_stream: dict[str, list[int]] = {"a": [], "b": []}
+    for p in _frames(messages):
+        per_stream[p.stream_id].append(p.frame_index)
+        assert p.patch_tokens is None and p.context_token is None
+    assert per_stream == {"a": list(range(30)), "b": list(range(24))}
+    assert {m.stream_id for m in messages if isinstance(m, EndOfStream)} == {"a", "b"}
