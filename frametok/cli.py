@@ -70,6 +70,8 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         over["publisher"] = {"endpoint": args.publish}
     if args.wait_subscribers is not None:
         over.setdefault("publisher", {})["wait_subscribers"] = args.wait_subscribers
+    if args.lossless_endpoint:
+        over.setdefault("publisher", {})["lossless_endpoint"] = args.lossless_endpoint
     for role in ("detector", "encoder"):
         value = getattr(args, role)
         if value is not None:
@@ -149,7 +151,11 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     from .streamer.subscriber import Subscriber
 
     packets = 0
-    with Subscriber(args.endpoint, streams=args.stream or None, strict=args.strict, timeout_s=args.timeout) as sub:
+    if (args.curve_key is None) != (args.server_key is None):
+        raise ConfigError("CURVE needs both --curve-key (your .key_secret) and --server-key (the publisher's .key)")
+    with Subscriber(args.endpoint, streams=args.stream or None, strict=args.strict, timeout_s=args.timeout,
+                    mode="lossless" if args.lossless else "live", credit=args.credit,
+                    curve_secret_key=args.curve_key, curve_server_key=args.server_key) as sub:
         for msg in sub:
             names = sub.class_names(msg.stream_id)
             print(message_json(msg, names) if args.json else message_line(msg, names), flush=True)
@@ -213,6 +219,14 @@ def cmd_export_encoder(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .streamer.security import make_keypair
+
+    public, secret = make_keypair(args.folder, args.name)
+    print(f"public key: {public} (give it out)\nsecret key: {secret} (keep it private)")
+    return EXIT_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models.registry import describe_registry
 
@@ -242,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-batch", type=int)
     run.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     run.add_argument("--providers", help="execution providers in order, e.g. tensorrt,cuda,cpu")
-    run.add_argument("--wait-subscribers", type=int, metavar="N", help="hold packets until N subscriptions")
+    run.add_argument("--wait-subscribers", type=int, metavar="N", help="hold packets until N subscribers")
+    run.add_argument("--lossless-endpoint", metavar="ENDPOINT", help="also serve lossless subscribers here")
     run.add_argument("--echo", action="store_true", help="also print every packet (a built-in subscriber)")
     run.add_argument("--json", action="store_true", help="with --echo: JSON lines")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -255,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     subp.add_argument("--count", type=int, default=0, metavar="N", help="exit after N frame packets")
     subp.add_argument("--timeout", type=float, default=None, metavar="S", help="exit after S seconds of silence")
     subp.add_argument("--strict", action="store_true", help="stop on a malformed message instead of skipping it")
+    subp.add_argument("--lossless", action="store_true",
+                      help="ENDPOINT is a lossless endpoint: receive everything, slowing the publisher if needed")
+    subp.add_argument("--credit", type=int, default=64, help="lossless: messages the publisher may send ahead")
+    subp.add_argument("--curve-key", metavar="FILE", help="CURVE: this subscriber's .key_secret file")
+    subp.add_argument("--server-key", metavar="FILE", help="CURVE: the publisher's public .key file")
     subp.set_defaults(func=cmd_subscribe)
 
     exp = sub.add_parser("export", help="export a model to ONNX with its manifest")
@@ -278,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--name")
     enc.add_argument("--no-check", action="store_true")
     enc.set_defaults(func=cmd_export_encoder)
+
+    keys = sub.add_parser("keys", help="make a CURVE key pair (NAME.key public, NAME.key_secret secret)")
+    keys.add_argument("folder")
+    keys.add_argument("--name", default="frametok")
+    keys.set_defaults(func=cmd_keys)
 
     models = sub.add_parser("models", help="list the models frametok knows by name")
     models.set_defaults(func=cmd_models)

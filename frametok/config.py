@@ -15,6 +15,7 @@ from .packet import validate_stream_id
 
 __all__ = [
     "Config",
+    "CurveConfig",
     "DetectorConfig",
     "EncoderConfig",
     "PublisherConfig",
@@ -92,19 +93,41 @@ class WorkerConfig(_Frozen):
     threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads (0: one per core)")
 
 
+class CurveConfig(_Frozen):
+    """ZeroMQ CURVE encryption and authentication for the publisher's sockets."""
+
+    secret_key: str = Field(description="the publisher's secret key file (from `frametok keys`)")
+    authorized_keys: str = Field(description="folder of public key files of the subscribers allowed in")
+
+
 class PublisherConfig(_Frozen):
     endpoint: str = "tcp://127.0.0.1:5555"
+    lossless_endpoint: str | None = Field(
+        None, description="ROUTER endpoint for lossless subscribers (credit-based back-pressure)"
+    )
+    lossless_timeout_s: float = Field(
+        60.0, gt=0.0, description="drop a lossless subscriber that grants no credit for this long"
+    )
+    curve: CurveConfig | None = None
     wait_subscribers: int = Field(
         0, ge=0, description="hold the first packet until this many subscribers are connected"
     )
-    hwm: int = Field(1000, ge=1, description="ZeroMQ send high-water mark, in messages per subscriber")
+    hwm: int = Field(
+        64, ge=1, description="live: messages queued per subscriber before a slow one loses them (ZeroMQ SNDHWM)"
+    )
 
-    @field_validator("endpoint")
+    @field_validator("endpoint", "lossless_endpoint")
     @classmethod
-    def _zmq_endpoint(cls, value: str) -> str:
-        if not value.startswith(("tcp://", "ipc://", "inproc://")):
+    def _zmq_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("tcp://", "ipc://", "inproc://")):
             raise ValueError(f"expected a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH), got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> PublisherConfig:
+        if self.lossless_endpoint == self.endpoint:
+            raise ValueError("lossless_endpoint must differ from endpoint")
+        return self
 
 
 class Config(_Frozen):

@@ -46,7 +46,8 @@ def _pan_zoom(photo: NDArray[np.uint8], frames: int, size_wh: tuple[int, int]) -
         x0 = (w - crop_w) * t
         y0 = (h - crop_h) * 0.5
         M = np.array([[out_w / crop_w, 0, -x0 * out_w / crop_w], [0, out_h / crop_h, -y0 * out_h / crop_h]])
-        yield np.asarray(cv2.warpAffine(photo, M, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT), np.uint8)
+        warped = cv2.warpAffine(photo, M, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        yield np.asarray(warped, np.uint8)
 
 
 def write_pan_zoom_clip(photos: list[Path], out: Path, *, frames_per_photo: int = 24, fps: int = 12,

@@ -121,13 +121,29 @@ def _from_models_dir(entry: RegistryEntry, folder: Path, cache: Path) -> ModelFi
     return None
 
 
+def _download_ultralytics(asset: str, folder: Path) -> Path:
+    """Download an official Ultralytics checkpoint (needs the export extra and a network)."""
+    try:
+        from ultralytics.utils.downloads import attempt_download_asset
+    except ImportError as exc:
+        raise ModelError(f"the export extra (ultralytics) is not installed: {exc}") from exc
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        path = Path(attempt_download_asset(str(folder / asset)))
+    except Exception as exc:  # network errors of every kind
+        raise ModelError(f"downloading {asset} failed: {exc}") from exc
+    if not path.is_file():
+        raise ModelError(f"downloading {asset} failed (offline?)")
+    return path
+
+
 def _online_export(entry: RegistryEntry, cache: Path) -> ModelFiles:
     if entry.online is None:
         raise ModelError(f"{entry.name}: no online source known")
     from ..exporters import export_timm_encoder, export_yolo
 
     if entry.kind == "detector":
-        return export_yolo(entry.online, cache, name=entry.name)
+        return export_yolo(_download_ultralytics(entry.online, cache / "downloads"), cache, name=entry.name)
     return export_timm_encoder(entry.online, cache, name=entry.name)
 
 
@@ -184,9 +200,7 @@ def _resolve_named(
         raise _missing(entry, dirs, "online export disabled")
     try:
         return _online_export(entry, cache)
-    except ImportError as exc:
-        raise _missing(entry, dirs, f"the export extra is not installed: {exc}") from exc
-    except ModelError as exc:
+    except ModelError as exc:  # ExportError too: no export extra, offline, ...
         raise _missing(entry, dirs, f"online export failed: {exc}") from exc
 
 

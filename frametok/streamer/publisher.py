@@ -1,14 +1,18 @@
-"""The publisher: one ZeroMQ XPUB socket that sends every message of every stream in order.
+"""The publisher: sends every message of every stream, in order, to live and lossless subscribers.
 
-XPUB (rather than PUB) lets the publisher see subscriptions: it can hold the first packet until
-``wait_subscribers`` subscriptions arrived, and it resends each stream's info message to a new
-subscriber so that late joiners learn class names and token grids at once.
+* live: an XPUB socket at ``endpoint``. XPUB (rather than PUB) lets the publisher see
+  subscriptions: it can hold the first packet until ``wait_subscribers`` arrived, and it resends each
+  stream's info message to a new subscriber so that late joiners learn class names and grids at once.
+  A slow live subscriber loses messages (its high-water mark), never slowing anyone else.
+* lossless: an optional ROUTER socket at ``lossless_endpoint`` with credit-based flow control
+  (see :mod:`.lossless`): a slow lossless subscriber back-pressures the pipeline instead.
+* CURVE: with ``curve`` configured, both sockets encrypt and admit only authorized subscribers.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import zmq
@@ -16,8 +20,20 @@ import zmq
 from ..config import PublisherConfig
 from ..errors import PipelineError
 from ..packet import Message, StreamInfo, encode, stamp, topic_for
+from .lossless import LosslessRouter
+from .security import server_curve, start_authenticator
 
 __all__ = ["Publisher"]
+
+_DRAIN_S = 30.0
+
+
+def _bind(sock: zmq.Socket[Any], endpoint: str) -> None:
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise PipelineError(f"cannot publish on {endpoint}: {exc} (endpoint in use?)") from exc
 
 
 class Publisher:
@@ -30,52 +46,73 @@ class Publisher:
         self._seq: dict[str, int] = {}
         self.sent = 0
         self.bytes_sent = 0
+        self._auth = start_authenticator(ctx, config.curve.authorized_keys) if config.curve else None
         sock = ctx.socket(zmq.XPUB)
         sock.setsockopt(zmq.XPUB_VERBOSE, 1)
         sock.setsockopt(zmq.SNDHWM, config.hwm)
         sock.setsockopt(zmq.LINGER, 2000)
-        try:
-            sock.bind(config.endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            raise PipelineError(f"cannot publish on {config.endpoint}: {exc} (endpoint in use?)") from exc
+        if config.curve:
+            server_curve(sock, config.curve.secret_key)
+        _bind(sock, config.endpoint)
         self.socket = sock
+        self.lossless: LosslessRouter | None = None
+        if config.lossless_endpoint:
+            router = ctx.socket(zmq.ROUTER)
+            router.setsockopt(zmq.LINGER, 10_000)
+            router.setsockopt(zmq.SNDHWM, 0)  # bounded by each subscriber's credit instead
+            if config.curve:
+                server_curve(router, config.curve.secret_key)
+            _bind(router, config.lossless_endpoint)
+            self.lossless = LosslessRouter(router, config.lossless_timeout_s, self._send_infos_for)
+
+    @property
+    def subscribers(self) -> int:
+        """Live subscriptions plus lossless subscribers."""
+        return self.subscriptions + (len(self.lossless.peers) if self.lossless else 0)
 
     def publish(self, message: Message) -> None:
         seq = self._seq.get(message.stream_id, 0)
         self._seq[message.stream_id] = seq + 1
         frames = encode(stamp(message, seq, time.time_ns()))
         self.socket.send_multipart(frames, copy=False)
+        if self.lossless is not None:
+            self.lossless.send(frames[0], frames)  # type: ignore[arg-type]
         self.sent += 1
         self.bytes_sent += sum(len(f) if isinstance(f, bytes) else f.nbytes for f in frames)
 
     def poll_subscriptions(self, timeout_ms: int = 0) -> int:
-        """Handle (un)subscriptions waiting on the socket; returns how many arrived."""
+        """Handle (un)subscriptions and lossless control messages waiting; returns how many."""
         handled = 0
         while self.socket.poll(timeout_ms if handled == 0 else 0, zmq.POLLIN):
             msg = self.socket.recv()
             handled += 1
-            if not msg:
-                continue
-            if msg[0] == 1:
+            if msg[:1] == b"\x01":
                 self.subscriptions += 1
-                self._send_infos(msg[1:])
-            elif msg[0] == 0:
+                self._send_infos_for([msg[1:]])
+            elif msg[:1] == b"\x00":
                 self.subscriptions = max(0, self.subscriptions - 1)
+        if self.lossless is not None:
+            handled += self.lossless.poll(0)
         return handled
 
-    def _send_infos(self, prefix: bytes) -> None:
+    def _send_infos_for(self, prefixes: Sequence[bytes]) -> None:
         for stream_id, info in self.infos.items():
-            if topic_for(stream_id).startswith(prefix):
+            topic = topic_for(stream_id)
+            if any(topic.startswith(p) for p in prefixes):
                 self.publish(info)
 
     def wait_for_subscribers(self, count: int, should_stop: Callable[[], bool]) -> bool:
-        """Block until ``count`` subscriptions arrived; False if told to stop first."""
-        while self.subscriptions < count:
+        """Block until ``count`` subscribers (live subscriptions or lossless) arrived; False if stopped."""
+        while self.subscribers < count:
             if should_stop():
                 return False
             self.poll_subscriptions(100)
         return True
 
     def close(self) -> None:
+        if self.lossless is not None:
+            self.lossless.drain(_DRAIN_S)
+            self.lossless.socket.close()
         self.socket.close()
+        if self._auth is not None:
+            self._auth.stop()

@@ -1,5 +1,9 @@
 """The subscriber SDK: iterate typed messages from a frametok publisher.
 
+Two delivery modes: ``live`` (SUB socket on the publisher's ``endpoint``: a slow subscriber loses
+messages, counted as gaps, and never slows the pipeline) and ``lossless`` (DEALER socket on its
+``lossless_endpoint``: credit-based flow control, a slow subscriber slows the pipeline instead).
+
 >>> with Subscriber("tcp://127.0.0.1:5555", streams=["cam0"]) as sub:   # doctest: +SKIP
 ...     for msg in sub:
 ...         if isinstance(msg, TokenPacket):
@@ -8,15 +12,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import zmq
 
 from ..errors import ProtocolError
-from ..packet import EndOfStream, Message, StreamInfo, TokenPacket, decode, topic_for
+from ..packet import PROTOCOL_VERSION, EndOfStream, Message, StreamInfo, TokenPacket, decode, topic_for
+from .lossless import BYE, CREDIT, HELLO
+from .security import client_curve
 
 __all__ = ["GapReport", "Subscriber"]
 
@@ -32,11 +41,14 @@ class GapReport:
 
 
 class Subscriber:
-    """A SUB socket that yields decoded messages and counts what went wrong instead of hiding it.
+    """Yields decoded messages and counts what went wrong instead of hiding it.
 
-    ``streams``: stream ids to receive (None: all). ``strict``: raise :class:`ProtocolError` on a
-    malformed message instead of logging, counting and skipping it. Iteration ends when every
-    stream seen has sent its end-of-stream (``until_eos``), or on ``timeout_s`` of silence.
+    ``streams``: stream ids to receive (None: all). ``mode``: ``live`` or ``lossless`` (then
+    ``endpoint`` is the publisher's lossless endpoint and ``credit`` the number of messages it may
+    send ahead). ``strict``: raise :class:`ProtocolError` on a malformed message instead of logging,
+    counting and skipping it. Iteration ends when every stream seen has sent its end-of-stream
+    (``until_eos``), or on ``timeout_s`` of silence. ``curve_secret_key``/``curve_server_key``: key
+    files (from ``frametok keys``) for a publisher that requires CURVE.
     """
 
     def __init__(
@@ -44,16 +56,28 @@ class Subscriber:
         endpoint: str,
         streams: Iterable[str] | None = None,
         *,
+        mode: Literal["live", "lossless"] = "live",
         strict: bool = False,
-        rcvhwm: int = 1000,
+        rcvhwm: int = 64,
+        credit: int = 64,
         timeout_s: float | None = None,
         until_eos: bool = True,
+        curve_secret_key: str | Path | None = None,
+        curve_server_key: str | Path | None = None,
+        heartbeat_s: float = 1.0,
         context: zmq.Context[Any] | None = None,
     ) -> None:
+        if mode not in ("live", "lossless"):
+            raise ValueError(f"mode: expected 'live' or 'lossless', got {mode!r}")
+        if credit < 1:
+            raise ValueError(f"credit: expected >= 1, got {credit}")
         self.endpoint = endpoint
+        self.mode = mode
         self.strict = strict
         self.timeout_s = timeout_s
         self.until_eos = until_eos
+        self.credit = credit
+        self.heartbeat_s = heartbeat_s
         self.streams = None if streams is None else list(streams)
         self.infos: dict[str, StreamInfo] = {}
         self.gaps: dict[str, GapReport] = {}
@@ -61,14 +85,26 @@ class Subscriber:
         self.received = 0
         self._last_seq: dict[str, int] = {}
         self._ended: set[str] = set()
+        self._consumed = 0
+        self._last_hello = 0.0
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
-        self.socket = self._ctx.socket(zmq.SUB)
-        self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        for topic in [b""] if self.streams is None else [topic_for(s) for s in self.streams]:
-            self.socket.setsockopt(zmq.SUBSCRIBE, topic)
+        topics = [b""] if self.streams is None else [topic_for(s) for s in self.streams]
+        self.socket = self._ctx.socket(zmq.SUB if mode == "live" else zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0 if mode == "live" else 1000)
+        if curve_secret_key is not None or curve_server_key is not None:
+            if curve_secret_key is None or curve_server_key is None:
+                raise ValueError("CURVE needs both curve_secret_key and curve_server_key")
+            client_curve(self.socket, curve_secret_key, curve_server_key)
+        if mode == "live":
+            self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
+            for topic in topics:
+                self.socket.setsockopt(zmq.SUBSCRIBE, topic)
+        else:
+            self.socket.setsockopt(zmq.RCVHWM, 0)  # bounded by the credit window
         self.socket.connect(endpoint)
+        if mode == "lossless":
+            self._hello()
 
     # ------------------------------------------------------------------ state
 
@@ -101,15 +137,50 @@ class Subscriber:
         elif sid in self._ended and isinstance(msg, TokenPacket):
             self._ended.discard(sid)  # the stream started again
 
+    # ------------------------------------------------------------------ lossless control
+
+    def _hello(self) -> None:
+        hello = {"v": list(PROTOCOL_VERSION), "streams": self.streams, "credit": self.credit}
+        self.socket.send_multipart([HELLO, json.dumps(hello).encode()])
+        self._last_hello = time.monotonic()
+
+    def _grant(self, force: bool = False) -> None:
+        if self._consumed and (force or self._consumed * 2 >= self.credit):
+            self.socket.send_multipart([CREDIT, str(self._consumed).encode()])
+            self._consumed = 0
+
+    def _idle(self) -> None:
+        """While waiting (lossless): return credit for what was consumed, and say we are alive."""
+        self._grant(force=True)
+        if time.monotonic() - self._last_hello >= self.heartbeat_s:
+            self._hello()
+
     # ------------------------------------------------------------------ receiving
+
+    def _poll(self, timeout_ms: int | None) -> bool:
+        if self.mode == "live":
+            return bool(self.socket.poll(timeout_ms))
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        while True:
+            step = int(self.heartbeat_s * 1000)
+            if deadline is not None:
+                step = max(0, min(step, int((deadline - time.monotonic()) * 1000)))
+            if self.socket.poll(step):
+                return True
+            self._idle()
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
 
     def recv(self, timeout_s: float | None = None) -> Message | None:
         """The next valid message, or None after ``timeout_s`` without one (None: wait forever)."""
         timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000))
         while True:
-            if not self.socket.poll(timeout_ms):
+            if not self._poll(timeout_ms):
                 return None
             parts = self.socket.recv_multipart(copy=False)
+            if self.mode == "lossless":
+                self._consumed += 1
+                self._grant()
             try:
                 msg = decode(parts)
             except ProtocolError as exc:
@@ -136,7 +207,10 @@ class Subscriber:
                 yield msg
 
     def close(self) -> None:
-        self.socket.close(0)
+        if self.mode == "lossless":
+            self._grant(force=True)
+            self.socket.send_multipart([BYE])
+        self.socket.close()
         if self._own_ctx:
             self._ctx.term()
 
