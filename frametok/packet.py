@@ -48,7 +48,7 @@ MAX_HEADER_BYTES = 1 << 20
 MAX_BUFFERS = 64
 MAX_NDIM = 4
 
-_STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _DTYPES: dict[str, np.dtype[Any]] = {
     name: np.dtype(name).newbyteorder("<")
     for name in ("uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
@@ -59,11 +59,22 @@ StatusState = Literal["connecting", "online", "stalled", "reconnecting", "offlin
 EndReason = Literal["end", "error", "stopped"]
 STATUS_STATES: tuple[str, ...] = ("connecting", "online", "stalled", "reconnecting", "offline", "error")
 END_REASONS: tuple[str, ...] = ("end", "error", "stopped")
+POLICIES: tuple[str, ...] = ("file", "live")
+_MAX_BYTES = 1 << 63
+# the dtypes each known buffer may have on the wire (docs/protocol.md, section 5)
+_BUFFER_DTYPES: dict[str, tuple[str, ...]] = {
+    "det_xyxy": ("float32",),
+    "det_score": ("float32",),
+    "det_class": ("int32",),
+    "det_track": ("int32",),
+    "ctx": ("float16", "float32"),
+    "patches": ("float16", "float32"),
+}
 
 
 def validate_stream_id(stream_id: str) -> str:
     """Return ``stream_id`` if it is a valid stream id, else raise ``ValueError``."""
-    if not isinstance(stream_id, str) or not _STREAM_ID.match(stream_id):
+    if not isinstance(stream_id, str) or not _STREAM_ID.fullmatch(stream_id):
         raise ValueError(
             f"invalid stream id {stream_id!r}: expected 1-64 characters from "
             "[A-Za-z0-9_.-], starting with a letter or digit"
@@ -154,7 +165,7 @@ class TokenPacket:
             raise ValueError(f"frame_index: expected >= 0, got {self.frame_index}")
         if len(self.size_wh) != 2 or min(self.size_wh) <= 0:
             raise ValueError(f"size_wh: expected (width, height) > 0, got {self.size_wh}")
-        if self.policy not in ("file", "live"):
+        if self.policy not in POLICIES:
             raise ValueError(f"policy: expected 'file' or 'live', got {self.policy!r}")
         if self.context_token is not None and np.ndim(self.context_token) != 1:
             raise ValueError(f"context_token: expected shape (D,), got {np.shape(self.context_token)}")
@@ -206,11 +217,16 @@ class StreamInfo:
 
     def __post_init__(self) -> None:
         validate_stream_id(self.stream_id)
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy: expected 'file' or 'live', got {self.policy!r}")
 
     def class_names(self) -> list[str]:
-        """Class names of the stream's detector (empty when it has none)."""
-        det = self.models.get("detector") or {}
-        return list(det.get("class_names", []))
+        """Class names of the stream's detector (empty when it has none or they are malformed)."""
+        det = self.models.get("detector")
+        names = det.get("class_names") if isinstance(det, Mapping) else None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return []
+        return list(names)
 
 
 Message: TypeAlias = TokenPacket | StatusMessage | EndOfStream | StreamInfo
@@ -347,6 +363,8 @@ def _decode_buffers(header: Mapping[str, Any], parts: Sequence[Any]) -> dict[str
         if len(shape) > MAX_NDIM or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise ProtocolError(f"buffer {name!r}: bad shape {shape!r}")
         dtype = _DTYPES[dtype_name]
+        if math.prod(d for d in shape if d) * dtype.itemsize >= _MAX_BYTES:
+            raise ProtocolError(f"buffer {name!r}: shape {shape} is too large")
         data = _bytes_of(part)
         expected = math.prod(shape) * dtype.itemsize
         if expected != data.nbytes:
@@ -361,6 +379,9 @@ def _decode_buffers(header: Mapping[str, Any], parts: Sequence[Any]) -> dict[str
 
 def _expect(buffers: Mapping[str, NDArray[Any]], name: str, ndim: int, last: int | None = None) -> NDArray[Any]:
     arr = buffers[name]
+    allowed = _BUFFER_DTYPES[name]
+    if arr.dtype.name not in allowed:
+        raise ProtocolError(f"buffer {name!r}: dtype {arr.dtype.name}, expected {' or '.join(allowed)}")
     if arr.ndim != ndim or (last is not None and arr.shape[-1] != last):
         want = f"{ndim} dims" + (f" ending in {last}" if last is not None else "")
         raise ProtocolError(f"buffer {name!r}: expected {want}, got shape {arr.shape}")
@@ -396,12 +417,19 @@ def _decode_frame(header: Mapping[str, Any], buffers: Mapping[str, NDArray[Any]]
         except ValueError as exc:
             raise ProtocolError(f"detections: {exc}") from exc
     pts = _field(header, "pts_s", (int, float), optional=True)
+    if pts is not None:
+        try:
+            pts = float(pts)
+        except OverflowError:
+            pts = math.inf
+        if not math.isfinite(pts):
+            raise ProtocolError(f"header: pts_s must be a finite number, got {header['pts_s']!r}")
     policy = _field(header, "policy", str)
     try:
         return TokenPacket(
             stream_id=header["stream"],
             frame_index=_nonneg_int(header, "frame"),
-            pts_s=None if pts is None else float(pts),
+            pts_s=pts,
             size_wh=(size_wh[0], size_wh[1]),
             policy=policy,
             dropped=_nonneg_int(header, "dropped"),
@@ -416,6 +444,10 @@ def _decode_frame(header: Mapping[str, Any], buffers: Mapping[str, NDArray[Any]]
         raise ProtocolError(f"frame: {exc}") from exc
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def decode(parts: Sequence[Any]) -> Message:
     """Decode the frames of one multipart message; raise :class:`ProtocolError` if malformed.
 
@@ -427,7 +459,7 @@ def decode(parts: Sequence[Any]) -> Message:
     if head.nbytes > MAX_HEADER_BYTES:
         raise ProtocolError(f"header is {head.nbytes} bytes, at most {MAX_HEADER_BYTES} allowed")
     try:
-        header = json.loads(head.tobytes().decode("utf-8"))
+        header = json.loads(head.tobytes().decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"header is not UTF-8 JSON: {exc}") from exc
     if not isinstance(header, dict):

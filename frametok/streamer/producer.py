@@ -13,7 +13,7 @@ import zmq
 from ..errors import SourceError
 from .notices import EndNotice, EventNotice, FrameNotice, OpenNotice, RunContext, StatusNotice
 from .ring import FrameRing
-from .sources import decode_frames
+from .sources import decode_frames, redact_uri
 
 __all__ = ["producer_main"]
 
@@ -74,7 +74,7 @@ class _Producer:
             time.sleep(0.005)
 
     def run_source(self) -> tuple[str, str]:
-        self.status("connecting", self.uri)
+        self.status("connecting", redact_uri(self.uri))
         online = False
         for frame in decode_frames(self.uri):
             if self.stop.is_set():

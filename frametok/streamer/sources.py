@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,12 @@ from numpy.typing import NDArray
 from ..config import source_kind
 from ..errors import SourceError
 
-__all__ = ["DecodedFrame", "SourceProbe", "decode_frames", "probe_source"]
+__all__ = ["DecodedFrame", "SourceProbe", "decode_frames", "probe_source", "redact_uri"]
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without a password (``rtsp://user:secret@host`` -> ``rtsp://user:***@host``)."""
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.\-]*://[^/@:]*):[^/@]*@", r"\1:***@", uri)
 
 
 @dataclass(frozen=True)
@@ -51,12 +57,12 @@ def _open_container(uri: str, timeout_s: float) -> Any:
     try:
         container = av.open(uri, mode="r", options=options, timeout=timeout_s)
     except av.FFmpegError as exc:
-        raise SourceError(f"cannot open {uri} as a video: {exc}") from exc
+        raise SourceError(f"cannot open {redact_uri(uri)} as a video: {exc}") from exc
     except OSError as exc:
-        raise SourceError(f"cannot open {uri}: {exc}") from exc
+        raise SourceError(f"cannot open {redact_uri(uri)}: {exc}") from exc
     if not container.streams.video:
         container.close()
-        raise SourceError(f"{uri} has no video stream (not a video?)")
+        raise SourceError(f"{redact_uri(uri)} has no video stream (not a video?)")
     return container
 
 

@@ -139,14 +139,22 @@ class Subscriber:
 
     # ------------------------------------------------------------------ lossless control
 
+    def _control(self, parts: list[bytes]) -> bool:
+        """Send a control message without blocking (False when no publisher is connected yet)."""
+        try:
+            self.socket.send_multipart(parts, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
     def _hello(self) -> None:
         hello = {"v": list(PROTOCOL_VERSION), "streams": self.streams, "credit": self.credit}
-        self.socket.send_multipart([HELLO, json.dumps(hello).encode()])
+        self._control([HELLO, json.dumps(hello).encode()])
         self._last_hello = time.monotonic()
 
     def _grant(self, force: bool = False) -> None:
-        if self._consumed and (force or self._consumed * 2 >= self.credit):
-            self.socket.send_multipart([CREDIT, str(self._consumed).encode()])
+        wanted = self._consumed and (force or self._consumed * 2 >= self.credit)
+        if wanted and self._control([CREDIT, str(self._consumed).encode()]):
             self._consumed = 0
 
     def _idle(self) -> None:
@@ -183,10 +191,12 @@ class Subscriber:
                 self._grant()
             try:
                 msg = decode(parts)
-            except ProtocolError as exc:
+            except Exception as exc:  # ProtocolError; anything else is a decoder bug, still not fatal
                 self.malformed += 1
                 if self.strict:
-                    raise
+                    if isinstance(exc, ProtocolError):
+                        raise
+                    raise ProtocolError(f"undecodable message: {type(exc).__name__}: {exc}") from exc
                 log.warning("skipping malformed message (%d so far): %s", self.malformed, exc)
                 continue
             self.received += 1
@@ -209,7 +219,7 @@ class Subscriber:
     def close(self) -> None:
         if self.mode == "lossless":
             self._grant(force=True)
-            self.socket.send_multipart([BYE])
+            self._control([BYE])
         self.socket.close()
         if self._own_ctx:
             self._ctx.term()

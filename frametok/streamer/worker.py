@@ -218,6 +218,8 @@ class _Worker:
         wanted = self.config.publisher.wait_subscribers
         if wanted and not self.publisher.wait_for_subscribers(wanted, self.stop.is_set):
             return
+        for info in self.publisher.infos.values():
+            self.publisher.publish(info)
         while not self.stop.is_set() and not all(st.ended for st in self.streams.values()):
             batch = self.gather()
             self.process(batch)

@@ -1,0 +1,240 @@
+"""An independent decoder of frametok wire protocol 1.0, written from ``docs/protocol.md`` only.
+
+It deliberately does not import frametok: it checks that the document is enough to write a
+decoder, and that ``frametok.packet`` agrees with it. ``read(parts)`` returns the decoded content
+in the form of the test vectors (``tests/protocol/vectors/README.md``) or raises
+:class:`Malformed` with the code of the rule (``docs/protocol.md`` §9) the message breaks.
+
+Where the document lets a decoder choose (repeated JSON keys, integers beyond 64 bits), this
+reader takes the strict option.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+MAJOR = 1
+MAX_HEADER_BYTES = 1_048_576
+MAX_BUFFERS = 64
+MAX_NDIM = 4
+INT64 = (-(2**63), 2**63 - 1)
+
+STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+DTYPES = {  # name -> little-endian numpy dtype
+    "uint8": np.dtype("<u1"), "int8": np.dtype("<i1"), "int16": np.dtype("<i2"), "int32": np.dtype("<i4"),
+    "int64": np.dtype("<i8"), "float16": np.dtype("<f2"), "float32": np.dtype("<f4"), "float64": np.dtype("<f8"),
+}
+POLICIES = ("file", "live")
+STATES = ("connecting", "online", "stalled", "reconnecting", "offline", "error")
+REASONS = ("end", "error", "stopped")
+DETECTION_DTYPES = {"det_xyxy": "float32", "det_score": "float32", "det_class": "int32", "det_track": "int32"}
+TOKEN_DTYPES = ("float16", "float32")
+
+
+class Malformed(Exception):
+    """The message breaks a rule of the protocol; ``code`` names the rule."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+# --------------------------------------------------------------------------- JSON helpers
+
+
+def _no_constants(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"repeated key {key!r}")
+        out[key] = value
+    return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(obj: dict[str, Any], key: str, *, minimum: int | None = None, code: str = "field") -> int:
+    if key not in obj:
+        raise Malformed(code, f"missing {key!r}")
+    value = obj[key]
+    if not _is_int(value):
+        raise Malformed(code, f"{key!r} must be an integer, got {value!r:.40}")
+    if not INT64[0] <= value <= INT64[1]:
+        raise Malformed("value", f"{key!r} is outside the signed 64-bit range")
+    if minimum is not None and value < minimum:
+        raise Malformed(code, f"{key!r} must be >= {minimum}, got {value}")
+    return value
+
+
+def _str(obj: dict[str, Any], key: str, choices: Sequence[str] | None = None, *, code: str = "field") -> str:
+    if key not in obj:
+        raise Malformed(code, f"missing {key!r}")
+    value = obj[key]
+    if not isinstance(value, str):
+        raise Malformed(code, f"{key!r} must be a string, got {type(value).__name__}")
+    if choices is not None and value not in choices:
+        raise Malformed("value", f"{key!r} must be one of {list(choices)}, got {value!r:.40}")
+    return value
+
+
+def _obj(obj: dict[str, Any], key: str) -> dict[str, Any]:
+    if key not in obj:
+        raise Malformed("field", f"missing {key!r}")
+    if not isinstance(obj[key], dict):
+        raise Malformed("field", f"{key!r} must be an object")
+    return obj[key]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _header(part: bytes) -> dict[str, Any]:
+    if len(part) > MAX_HEADER_BYTES:
+        raise Malformed("header-size", f"header is {len(part)} bytes")
+    try:
+        text = part.decode("utf-8")
+        if text.startswith("\ufeff"):
+            raise ValueError("byte-order mark")
+        header = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_repeats)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise Malformed("header-json", str(exc)[:200]) from None
+    if not isinstance(header, dict):
+        raise Malformed("header-type", f"header is a JSON {type(header).__name__}")
+    return header
+
+
+def _buffers(header: dict[str, Any], parts: Sequence[bytes]) -> dict[str, np.ndarray[Any, Any]]:
+    descriptors = header.get("buffers")
+    if not isinstance(descriptors, list) or len(descriptors) > MAX_BUFFERS:
+        raise Malformed("buffers", "buffers must be an array of at most 64 descriptors")
+    if len(descriptors) != len(parts):
+        raise Malformed("part-count", f"{len(descriptors)} descriptors, {len(parts)} buffer parts")
+    out: dict[str, np.ndarray[Any, Any]] = {}
+    for desc, part in zip(descriptors, parts, strict=True):
+        if not isinstance(desc, dict):
+            raise Malformed("descriptor", "a descriptor must be an object")
+        name, dtype_name = desc.get("name"), desc.get("dtype")
+        shape = desc.get("shape")
+        if not isinstance(name, str) or not isinstance(dtype_name, str) or not isinstance(shape, list):
+            raise Malformed("descriptor", f"bad descriptor {desc!r:.80}")
+        if dtype_name not in DTYPES:
+            raise Malformed("dtype", f"{name!r}: dtype {dtype_name!r:.40}")
+        dtype = DTYPES[dtype_name]
+        if len(shape) > MAX_NDIM or not all(_is_int(d) and d >= 0 for d in shape):
+            raise Malformed("shape", f"{name!r}: shape {shape!r:.80}")
+        if math.prod(d for d in shape if d) * dtype.itemsize >= 2**63:
+            raise Malformed("shape", f"{name!r}: shape {shape!r:.80} is too large")
+        if len(part) != math.prod(shape) * dtype.itemsize:
+            raise Malformed("size-mismatch", f"{name!r}: {len(part)} bytes for {shape} of {dtype_name}")
+        if name in out:
+            raise Malformed("duplicate-buffer", f"{name!r} twice")
+        out[name] = np.frombuffer(part, dtype=dtype).reshape(shape)
+    return out
+
+
+def _array(array: np.ndarray[Any, Any], dtype_name: str) -> dict[str, Any]:
+    return {"dtype": dtype_name, "shape": list(array.shape), "data": array.tolist()}
+
+
+def _frame(header: dict[str, Any], buffers: dict[str, np.ndarray[Any, Any]]) -> dict[str, Any]:
+    size = header.get("size_wh")
+    if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) and v > 0 for v in size):
+        raise Malformed("field", f"size_wh {size!r:.40}")
+    if not all(v <= INT64[1] for v in size):
+        raise Malformed("value", "size_wh is outside the signed 64-bit range")
+    t_ns = _obj(header, "t_ns")
+    stamps = {key: _int(t_ns, key) if key in t_ns else 0 for key in ("capture", "decode", "infer", "publish")}
+    models = header.get("models")
+    if models is None:
+        models = {}
+    if not isinstance(models, dict) or not all(isinstance(v, str) for v in models.values()):
+        raise Malformed("field", "models must be an object of strings")
+    pts = header.get("pts_s")
+    if pts is not None:
+        if isinstance(pts, bool) or not isinstance(pts, (int, float)):
+            raise Malformed("field", f"pts_s {pts!r:.40}")
+        try:
+            pts = float(pts)
+        except OverflowError:
+            raise Malformed("value", "pts_s is not a finite double") from None
+        if not math.isfinite(pts):
+            raise Malformed("value", "pts_s is not a finite double")
+    content: dict[str, Any] = {
+        "stream": header["stream"], "seq": header["seq"], "kind": "frame",
+        "frame": _int(header, "frame", minimum=0), "pts_s": pts, "size_wh": list(size),
+        "policy": _str(header, "policy", POLICIES), "dropped": _int(header, "dropped", minimum=0),
+        "t_ns": stamps, "models": dict(models),
+    }
+    out: dict[str, Any] = {}
+    if "det_xyxy" in buffers:
+        if "det_score" not in buffers or "det_class" not in buffers:
+            raise Malformed("detections", "det_xyxy without det_score and det_class")
+        xyxy = buffers["det_xyxy"]
+        if xyxy.ndim != 2 or xyxy.shape[1] != 4:
+            raise Malformed("detections", f"det_xyxy has shape {xyxy.shape}")
+        names = [n for n in DETECTION_DTYPES if n in buffers]
+        for name in names:
+            arr = buffers[name]
+            if name != "det_xyxy" and arr.shape != (xyxy.shape[0],):
+                raise Malformed("detections", f"{name} has shape {arr.shape}, det_xyxy {xyxy.shape}")
+            if arr.dtype != DTYPES[DETECTION_DTYPES[name]]:
+                raise Malformed("detections", f"{name} has dtype {arr.dtype}")
+            out[name] = _array(arr, DETECTION_DTYPES[name])
+    for name, ndim in (("ctx", 1), ("patches", 3)):
+        if name in buffers:
+            arr = buffers[name]
+            dtype_name = next((n for n in TOKEN_DTYPES if DTYPES[n] == arr.dtype), None)
+            if arr.ndim != ndim or dtype_name is None:
+                raise Malformed("tokens", f"{name} has shape {arr.shape} and dtype {arr.dtype}")
+            out[name] = _array(arr, dtype_name)
+    content["buffers"] = out
+    return content
+
+
+def read(parts: Sequence[bytes]) -> dict[str, Any]:
+    """Decode one multipart message (a sequence of byte strings) into its content."""
+    if len(parts) < 2:
+        raise Malformed("parts", f"{len(parts)} parts")
+    header = _header(bytes(parts[1]))
+    version = header.get("v")
+    if not isinstance(version, list) or len(version) != 2 or not all(_is_int(v) for v in version):
+        raise Malformed("version", f"v {version!r:.40}")
+    if version[0] != MAJOR:
+        raise Malformed("unsupported-major", f"major version {version[0]}")
+    stream = header.get("stream")
+    if not isinstance(stream, str) or not STREAM_ID.fullmatch(stream):
+        raise Malformed("stream", f"stream {stream!r:.80}")
+    if bytes(parts[0]) != stream.encode() + b"/":
+        raise Malformed("topic", f"topic {bytes(parts[0])[:80]!r} for stream {stream!r}")
+    seq = _int(header, "seq", minimum=0)
+    kind = _str(header, "kind")
+    buffers = _buffers(header, [bytes(p) for p in parts[2:]])
+    if kind == "frame":
+        return _frame(header, buffers)
+    if buffers:
+        raise Malformed("buffers", f"a {kind!r:.40} message carries no buffers")
+    content: dict[str, Any] = {"stream": stream, "seq": seq, "kind": kind}
+    if kind == "status":
+        content.update(state=_str(header, "state", STATES), detail=_str(header, "detail"),
+                       t_ns=_int(header, "t_ns"))
+    elif kind == "eos":
+        content.update(frames=_int(header, "frames", minimum=0), reason=_str(header, "reason", REASONS),
+                       detail=_str(header, "detail"))
+    elif kind == "info":
+        content.update(policy=_str(header, "policy", POLICIES), models=_obj(header, "models"))
+    else:
+        raise Malformed("kind", f"unknown kind {kind!r:.40}")
+    content["buffers"] = {}
+    return content
