@@ -22,7 +22,8 @@ def test_wrong_kind() -> None:
         resolve_model("yolov8n", "encoder")
 
 
-def test_missing_everywhere_says_how_to_provide(tmp_path: Path) -> None:
+def test_missing_everywhere_says_how_to_provide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRAMETOK_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(ModelError) as err:
         resolve_model("dinov2_vits14", "encoder", [tmp_path], allow_online=False)
     text = str(err.value)

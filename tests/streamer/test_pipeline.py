@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +16,13 @@ from frametok.packet import Message
 from ..conftest import start_cli
 
 
-def run_and_collect(args: list[str], endpoint: str, timeout_s: float = 900) -> tuple[list[Message], str, int]:
+def run_and_collect(
+    args: list[str], endpoint: str, timeout_s: float = 900, wait_subscribers: int = 1
+) -> tuple[list[Message], str, int]:
     """Subscribe first, start `frametok run` (which waits for the subscription), collect until EOS."""
     with Subscriber(endpoint, timeout_s=timeout_s) as sub:
-        proc = start_cli("run", *args, "--publish", endpoint, "--wait-subscribers", "1", "--no-progress")
+        proc = start_cli("run", *args, "--publish", endpoint, "--wait-subscribers", str(wait_subscribers),
+                         "--no-progress")
         try:
             messages = list(sub)
             out, err = proc.communicate(timeout=120)
@@ -61,14 +66,38 @@ def test_small_clip_end_to_end(shared_media: Path, shared_models: Path, endpoint
 
 
 @pytest.mark.slow
-def test_long_video_loses_nothing(shared_media: Path, shared_models: Path, endpoint: str) -> None:
-    messages, output, code = run_and_collect(
-        ["--source", f"vtest={shared_media / 'vtest.avi'}", "--models", str(shared_models)], endpoint)
+def test_long_video_loses_nothing_while_a_slow_live_subscriber_loses_alone(
+    shared_media: Path, shared_models: Path, endpoint: str
+) -> None:
+    """795 frames of vtest.avi, full 16x16x384 grids: a subscriber that keeps up gets every packet; a
+    deliberately slow live subscriber on the same publisher loses packets, reports them as gaps, and
+    holds back neither the pipeline nor the other subscriber."""
+    slow_frames: list[int] = []
+    slow_sub = Subscriber(endpoint, rcvhwm=1, timeout_s=15)
+
+    def slow_loop() -> None:
+        for msg in slow_sub:
+            if isinstance(msg, TokenPacket):
+                slow_frames.append(msg.frame_index)
+                time.sleep(0.3)
+
+    slow = threading.Thread(target=slow_loop)
+    slow.start()
+    try:
+        messages, output, code = run_and_collect(
+            ["--source", f"vtest={shared_media / 'vtest.avi'}", "--models", str(shared_models)], endpoint,
+            wait_subscribers=2)
+    finally:
+        slow.join(120)
+        slow_gaps = sum(g.missing for g in slow_sub.gaps.values())
+        slow_sub.close()
     assert code == 0, output
     frames = _frames(messages)
     assert [p.frame_index for p in frames] == list(range(795))
     assert isinstance(messages[-1], EndOfStream) and messages[-1].frames == 795
     assert "795 packets" in output
+    assert 0 < len(slow_frames) < 795 // 2, "the slow subscriber keeps up only by losing packets"
+    assert slow_gaps >= slow_frames[-1] + 1 - len(slow_frames) > 0
     print(output.strip().splitlines()[-1])
 
 
