@@ -53,6 +53,11 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     name: np.dtype(name).newbyteorder("<")
     for name in ("uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
 }
+# dtype (either byte order) -> wire name; a dict lookup is much cheaper than dtype.name
+_WIRE_NAMES: dict[np.dtype[Any], str] = {
+    **{dt: name for name, dt in _DTYPES.items()},
+    **{dt.newbyteorder(">"): name for name, dt in _DTYPES.items()},
+}
 
 Policy = Literal["file", "live"]
 StatusState = Literal["connecting", "online", "stalled", "reconnecting", "offline", "error"]
@@ -244,21 +249,25 @@ def stamp(message: Message, seq: int, t_publish_ns: int | None = None) -> Messag
 
 
 def _buffer(name: str, array: NDArray[Any]) -> tuple[dict[str, Any], memoryview]:
-    dtype_name = array.dtype.name
-    if dtype_name not in _DTYPES:
-        raise ValueError(f"buffer {name!r}: dtype {dtype_name} is not allowed on the wire")
+    dtype_name = _WIRE_NAMES.get(array.dtype)
+    if dtype_name is None:
+        raise ValueError(f"buffer {name!r}: dtype {array.dtype} is not allowed on the wire")
     arr = np.ascontiguousarray(array, dtype=_DTYPES[dtype_name])
     return {"name": name, "dtype": dtype_name, "shape": list(arr.shape)}, memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
-def encode(message: Message) -> list[bytes | memoryview]:
+def encode(
+    message: Message, seq: int | None = None, t_publish_ns: int | None = None
+) -> list[bytes | memoryview]:
     """Encode a message into the frames of one multipart ZeroMQ message (buffers not copied).
 
-    The message must carry its sequence number (see :func:`stamp`; the publisher does it).
+    ``seq`` and ``t_publish_ns`` override the message's own (the publisher's fast path: the same as
+    encoding ``stamp(message, seq, t_publish_ns)``). A message must end up with a sequence number.
     """
-    if message.seq < 0:
-        raise ValueError(f"{type(message).__name__} has no sequence number (seq={message.seq}); stamp() it first")
-    header: dict[str, Any] = {"v": list(PROTOCOL_VERSION), "stream": message.stream_id, "seq": message.seq}
+    seq = message.seq if seq is None else seq
+    if seq < 0:
+        raise ValueError(f"{type(message).__name__} has no sequence number (seq={seq}); stamp() it first")
+    header: dict[str, Any] = {"v": list(PROTOCOL_VERSION), "stream": message.stream_id, "seq": seq}
     arrays: list[tuple[str, NDArray[Any]]] = []
     if isinstance(message, TokenPacket):
         ts = message.timestamps
@@ -273,7 +282,7 @@ def encode(message: Message) -> list[bytes | memoryview]:
                 "capture": ts.t_capture_ns,
                 "decode": ts.t_decode_ns,
                 "infer": ts.t_infer_ns,
-                "publish": ts.t_publish_ns,
+                "publish": ts.t_publish_ns if t_publish_ns is None else t_publish_ns,
             },
             models=dict(message.models),
         )
@@ -380,8 +389,8 @@ def _decode_buffers(header: Mapping[str, Any], parts: Sequence[Any]) -> dict[str
 def _expect(buffers: Mapping[str, NDArray[Any]], name: str, ndim: int, last: int | None = None) -> NDArray[Any]:
     arr = buffers[name]
     allowed = _BUFFER_DTYPES[name]
-    if arr.dtype.name not in allowed:
-        raise ProtocolError(f"buffer {name!r}: dtype {arr.dtype.name}, expected {' or '.join(allowed)}")
+    if _WIRE_NAMES[arr.dtype] not in allowed:
+        raise ProtocolError(f"buffer {name!r}: dtype {_WIRE_NAMES[arr.dtype]}, expected {' or '.join(allowed)}")
     if arr.ndim != ndim or (last is not None and arr.shape[-1] != last):
         want = f"{ndim} dims" + (f" ending in {last}" if last is not None else "")
         raise ProtocolError(f"buffer {name!r}: expected {want}, got shape {arr.shape}")

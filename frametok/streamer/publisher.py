@@ -19,7 +19,7 @@ import zmq
 
 from ..config import PublisherConfig
 from ..errors import PipelineError
-from ..packet import Message, StreamInfo, encode, stamp, topic_for
+from ..packet import Message, StreamInfo, encode, topic_for
 from .lossless import LosslessRouter
 from .security import server_curve, start_authenticator
 
@@ -73,7 +73,7 @@ class Publisher:
     def publish(self, message: Message) -> None:
         seq = self._seq.get(message.stream_id, 0)
         self._seq[message.stream_id] = seq + 1
-        frames = encode(stamp(message, seq, time.time_ns()))
+        frames = encode(message, seq, time.time_ns())
         self.socket.send_multipart(frames, copy=False)
         if self.lossless is not None:
             self.lossless.send(frames[0], frames)  # type: ignore[arg-type]

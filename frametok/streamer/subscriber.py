@@ -183,9 +183,12 @@ class Subscriber:
         """The next valid message, or None after ``timeout_s`` without one (None: wait forever)."""
         timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000))
         while True:
-            if not self._poll(timeout_ms):
-                return None
-            parts = self.socket.recv_multipart(copy=False)
+            try:  # a message already waiting needs no poll (the common case under load)
+                parts = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                if not self._poll(timeout_ms):
+                    return None
+                continue
             if self.mode == "lossless":
                 self._consumed += 1
                 self._grant()
