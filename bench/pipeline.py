@@ -118,14 +118,13 @@ def _peak_rss(root_pid: int, peaks: dict[str, float], stop: threading.Event) -> 
             return
         for proc in procs:
             try:
-                cmd = " ".join(proc.cmdline())
+                name = proc.name()
                 status = Path(f"/proc/{proc.pid}/status").read_text()
             except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
                 continue
             hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0)
-            role = ("supervisor" if proc.pid == root_pid else "worker" if "worker_main" in cmd
-                    else "producer" if "producer_main" in cmd else "resource_tracker" if "resource_tracker" in cmd
-                    else "other")
+            role = ("supervisor" if proc.pid == root_pid else "worker" if name == "frametok-worker"
+                    else "producer" if name.startswith("frametok-src-") else "other")
             key = f"{role}:{proc.pid}"
             peaks[key] = max(peaks.get(key, 0.0), hwm / 1024)
         stop.wait(0.25)

@@ -7,7 +7,20 @@ from typing import Any
 
 from .ring import RingSpec
 
-__all__ = ["EndNotice", "EventNotice", "FrameNotice", "OpenNotice", "RunContext", "StatusNotice"]
+__all__ = [
+    "EndNotice", "EventNotice", "FrameNotice", "OpenNotice", "RunContext", "StatusNotice", "set_process_name",
+]
+
+
+def set_process_name(name: str) -> None:
+    """Name this process for ps/top (Linux ``prctl(PR_SET_NAME)``; 15 bytes; a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.prctl(15, name.encode()[:15] + b"\0", 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import zmq
 
 from ..errors import SourceError
-from .notices import EndNotice, EventNotice, FrameNotice, OpenNotice, RunContext, StatusNotice
+from .notices import EndNotice, EventNotice, FrameNotice, OpenNotice, RunContext, StatusNotice, set_process_name
 from .ring import FrameRing
 from .sources import decode_frames, redact_uri
 
@@ -129,5 +129,6 @@ def producer_main(stream_id: str, uri: str, policy: Literal["file", "live"], slo
                   run: RunContext, stop: Event, log_level: int = logging.WARNING) -> None:
     """Entry point of a producer process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+    set_process_name(f"frametok-src-{stream_id}")
     logging.basicConfig(level=log_level, format=f"%(levelname)s producer[{stream_id}] %(message)s")
     _Producer(stream_id, uri, policy, slots, run, stop).main()

@@ -34,10 +34,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GapReport:
-    """Messages of one stream that never arrived: how many, and after which sequence numbers."""
+    """Messages of one stream that never arrived: how many, between which sequence numbers, and
+    which frames they may have held."""
 
     missing: int = 0
     gaps: list[tuple[int, int]] = field(default_factory=list)  # (last seq seen, next seq seen)
+    frames: list[tuple[int, int]] = field(default_factory=list)  # first..last frame index that may be lost
 
 
 class Subscriber:
@@ -84,6 +86,7 @@ class Subscriber:
         self.malformed = 0
         self.received = 0
         self._last_seq: dict[str, int] = {}
+        self._last_frame: dict[str, int] = {}
         self._ended: set[str] = set()
         self._consumed = 0
         self._last_hello = 0.0
@@ -127,9 +130,14 @@ class Subscriber:
             report = self.gaps.setdefault(sid, GapReport())
             report.missing += msg.seq - last - 1
             report.gaps.append((last, msg.seq))
+            first = self._last_frame.get(sid, -1) + 1
+            if isinstance(msg, TokenPacket) and msg.frame_index > first:
+                report.frames.append((first, msg.frame_index - 1))
         elif last is not None and msg.seq <= last:
             log.info("stream %s restarted its sequence (%d after %d)", sid, msg.seq, last)
         self._last_seq[sid] = msg.seq
+        if isinstance(msg, TokenPacket):
+            self._last_frame[sid] = msg.frame_index
         if isinstance(msg, StreamInfo):
             self.infos[sid] = msg
         elif isinstance(msg, EndOfStream):

@@ -22,9 +22,8 @@ from typing import Any
 import zmq
 
 from ..config import Config, SourceConfig
-from ..errors import ConfigError, PipelineError
+from ..errors import ConfigError, ModelError, PipelineError
 from ..models.registry import resolve_model
-from ..models.session import create_session
 from .notices import EventNotice, RunContext
 from .producer import producer_main
 from .sources import probe_source
@@ -105,13 +104,14 @@ def _prepare_source(src: SourceConfig) -> str:
 
 
 def prepare_models(config: Config, models_dirs: tuple[str, ...] = ()) -> Models:
-    """Resolve and load-check the models on the CPU before any process starts."""
+    """Find the models and check their manifests before any process starts.
+
+    The worker loads them first thing, before any producer starts; a model that onnxruntime cannot
+    load, or whose graph does not match its manifest, is reported from there as a ModelError.
+    """
     search = (*models_dirs, config.models_dir)
     det = resolve_model(config.detector.model, "detector", search) if config.detector else None
     enc = resolve_model(config.encoder.model, "encoder", search) if config.encoder else None
-    for files in (det, enc):
-        if files is not None:
-            create_session(files, ("cpu",), threads=1)
     return Models(det, enc)
 
 
@@ -218,7 +218,9 @@ def _await_ready(events: Any, worker: BaseProcess, stop: Any,
             if ev.event == "ready":
                 return
             if ev.event == "failed":
-                raise PipelineError(f"worker failed to start: {ev.data.get('error')}")
+                error = ev.data.get("error", "unknown error")
+                kinds = {"ModelError": ModelError, "ExportError": ModelError, "ConfigError": ConfigError}
+                raise kinds.get(ev.data.get("kind", ""), PipelineError)(str(error))
         elif not worker.is_alive():
             raise PipelineError(f"worker exited during start-up (exit code {worker.exitcode})")
     if not stop.is_set():

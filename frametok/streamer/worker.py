@@ -18,7 +18,7 @@ from ..models.detector import Detector, LetterboxInfo
 from ..models.encoder import Encoder
 from ..models.session import ModelFiles, create_session
 from ..packet import Detections, EndOfStream, StatusMessage, StreamInfo, Timestamps, TokenPacket
-from .notices import EndNotice, EventNotice, FrameNotice, OpenNotice, RunContext, StatusNotice
+from .notices import EndNotice, EventNotice, FrameNotice, OpenNotice, RunContext, StatusNotice, set_process_name
 from .publisher import Publisher
 from .ring import FrameRing
 
@@ -249,11 +249,12 @@ class _Worker:
 def worker_main(config: Config, models: Models, run: RunContext, stop: Event, log_level: int = logging.WARNING) -> None:
     """Entry point of the worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+    set_process_name("frametok-worker")
     logging.basicConfig(level=log_level, format="%(levelname)s worker %(message)s")
     try:
         worker = _Worker(config, models, run, stop)
     except FrametokError as exc:
-        _report_failure(run, str(exc))
+        _report_failure(run, exc)
         raise SystemExit(3) from None
     try:
         worker.main()
@@ -261,11 +262,11 @@ def worker_main(config: Config, models: Models, run: RunContext, stop: Event, lo
         worker.close()
 
 
-def _report_failure(run: RunContext, message: str) -> None:
+def _report_failure(run: RunContext, exc: FrametokError) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 2000)
     sock.connect(run.events_endpoint)
-    sock.send_pyobj(EventNotice("worker", "failed", {"error": message}))
+    sock.send_pyobj(EventNotice("worker", "failed", {"error": str(exc), "kind": type(exc).__name__}))
     sock.close()
     ctx.term()

@@ -64,6 +64,7 @@ def _consume(sub: Subscriber, delay_s: float, out: dict[str, Any]) -> None:
                 time.sleep(delay_s)
     out["frames"] = frames
     out["gaps"] = {k: v.missing for k, v in sub.gaps.items()}
+    out["gap_frames"] = {k: v.frames for k, v in sub.gaps.items()}
     out["ended"] = sub.ended
 
 
@@ -88,6 +89,8 @@ def test_live_slow_subscriber_loses_alone() -> None:
     # every packet it missed up to the last one it saw is reported as a gap (a live subscriber may
     # also miss the end-of-stream itself; then it ends on its silence timeout)
     assert slow_out["gaps"]["cam"] >= slow_out["frames"][-1] + 1 - len(slow_out["frames"])
+    missed = {f for first, last in slow_out["gap_frames"]["cam"] for f in range(first, last + 1)}
+    assert missed == set(range(slow_out["frames"][-1] + 1)) - set(slow_out["frames"]), "gaps name the lost frames"
     assert slow_out["frames"] == sorted(slow_out["frames"])
     # the publisher was not held back by the slow subscriber: it ran at its own pace
     assert results.get(timeout=10)["waited"] == 0.0
