@@ -18,7 +18,7 @@ from typing import Literal
 
 from ..errors import ModelError
 from .describe import IMAGENET_MEAN, IMAGENET_STD, describe_encoder_onnx, describe_ultralytics_onnx
-from .manifest import DetectorManifest, EncoderManifest, manifest_path_for, write_manifest
+from .manifest import DetectorManifest, EncoderManifest, file_sha256, manifest_path_for, write_manifest
 from .session import ModelFiles, locate_model
 
 __all__ = ["REGISTRY", "RegistryEntry", "cache_dir", "describe_registry", "models_dirs", "resolve_model"]
@@ -95,29 +95,53 @@ def _is_path(ref: str) -> bool:
     return ref.endswith((".onnx", ".json")) or os.sep in ref or "/" in ref
 
 
+def _described(entry: RegistryEntry, onnx: Path, cache: Path) -> ModelFiles:
+    """A manifest for an ``.onnx`` without one, made once and kept in the cache."""
+    target = cache / "described" / f"{entry.name}.json"
+    onnx = onnx.resolve()
+    if target.exists() and target.stat().st_mtime >= onnx.stat().st_mtime:
+        try:
+            files = locate_model(target)
+            if files.onnx_path == onnx:
+                return files
+        except ModelError:
+            pass
+    manifest: DetectorManifest | EncoderManifest
+    if entry.kind == "detector":
+        manifest = describe_ultralytics_onnx(onnx, name=entry.name)
+    else:
+        manifest = describe_encoder_onnx(onnx, name=entry.name, **entry.encoder_spec)  # type: ignore[arg-type]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_manifest(manifest, target)
+    log.info("%s: using %s (manifest written to %s)", entry.name, onnx, target)
+    return ModelFiles(manifest, onnx, target)
+
+
+def _exported(entry: RegistryEntry, weights: Path, cache: Path) -> ModelFiles:
+    """An Ultralytics checkpoint exported to ONNX once; re-exported when the checkpoint changes."""
+    target = cache / f"{entry.name}.json"
+    if target.exists():
+        try:
+            files = locate_model(target)
+            if files.manifest.source.sha256 == file_sha256(weights):
+                return files
+        except ModelError:
+            pass
+    from ..exporters import export_yolo  # needs the export extra
+
+    log.info("%s: exporting %s to ONNX in %s", entry.name, weights, cache)
+    return export_yolo(weights, cache, name=entry.name)
+
+
 def _from_models_dir(entry: RegistryEntry, folder: Path, cache: Path) -> ModelFiles | None:
     for fname in entry.onnx_files:
         onnx = folder / fname
-        if not onnx.exists():
-            continue
-        if manifest_path_for(onnx).exists():
-            return locate_model(onnx)
-        cache.mkdir(parents=True, exist_ok=True)
-        manifest: DetectorManifest | EncoderManifest
-        if entry.kind == "detector":
-            manifest = describe_ultralytics_onnx(onnx, name=entry.name)
-        else:
-            manifest = describe_encoder_onnx(onnx, name=entry.name, **entry.encoder_spec)  # type: ignore[arg-type]
-        target = write_manifest(manifest, cache / f"{entry.name}.json")
-        log.info("%s: using %s (manifest written to %s)", entry.name, onnx, target)
-        return ModelFiles(manifest, onnx.resolve(), target)
+        if onnx.exists():
+            return locate_model(onnx) if manifest_path_for(onnx).exists() else _described(entry, onnx, cache)
     for fname in entry.checkpoint_files:
         weights = folder / fname
         if weights.exists() and entry.kind == "detector":
-            from ..exporters import export_yolo  # needs the export extra
-
-            log.info("%s: exporting %s to ONNX in %s", entry.name, weights, cache)
-            return export_yolo(weights, cache, name=entry.name)
+            return _exported(entry, weights, cache)
     return None
 
 
