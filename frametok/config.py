@@ -19,6 +19,7 @@ __all__ = [
     "DetectorConfig",
     "EncoderConfig",
     "PublisherConfig",
+    "QueryConfig",
     "SourceConfig",
     "WorkerConfig",
     "load_config",
@@ -80,10 +81,50 @@ class DetectorConfig(_Frozen):
     max_det: int = Field(300, ge=1, le=10000)
 
 
+class QueryConfig(_Frozen):
+    """Something to watch for: an exemplar image (whole or a crop) or a vector from a .npy file."""
+
+    name: str = Field(min_length=1, max_length=64)
+    image: str | None = Field(None, description="exemplar image, encoded with the stream's encoder")
+    crop_xyxy: tuple[int, int, int, int] | None = Field(None, description="crop of the image, in pixels")
+    vector: str | None = Field(None, description=".npy file with one (D,) vector in the encoder's token space")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> QueryConfig:
+        if (self.image is None) == (self.vector is None):
+            raise ValueError(f"query {self.name!r}: give exactly one of image or vector")
+        if self.crop_xyxy is not None:
+            x1, y1, x2, y2 = self.crop_xyxy
+            if self.image is None or x2 <= x1 or y2 <= y1 or min(x1, y1) < 0:
+                raise ValueError(
+                    f"query {self.name!r}: crop_xyxy needs an image and x1 < x2, y1 < y2, got {self.crop_xyxy}"
+                )
+        return self
+
+
 class EncoderConfig(_Frozen):
     model: str = Field("dinov2_vits14", min_length=1)
-    dtype: Literal["float16", "float32"] = "float16"
-    patches: bool = Field(True, description="send the patch grid (else the context token only)")
+    dtype: Literal["float16", "float32"] = Field("float16", description="wire precision of soft tokens")
+    patches: bool = Field(True, description="send the patch grid (else context and content tokens only)")
+    pool: int = Field(1, ge=0, le=64, description="content tokens: the grid average-pooled to pool x pool (0: off)")
+    compress: bool = Field(True, description="send only the patch tokens that changed (cross-frame compression)")
+    tau: float = Field(0.05, ge=0.0, lt=1.0, description="a patch token is resent when its cosine distance exceeds tau")
+    keyframe_interval: int = Field(100, ge=0, description="a full grid every N frames (0: only when needed)")
+    scene_cut_share: float = Field(0.5, gt=0.0, le=1.0, description="a full grid when this share of patches changed")
+    skip_threshold: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="skip the encoder when the mean absolute pixel change since the last encoded frame is below "
+        "this (0..1 of full scale; 0: never skip)",
+    )
+    queries: tuple[QueryConfig, ...] = ()
+
+    @field_validator("queries")
+    @classmethod
+    def _unique_names(cls, value: tuple[QueryConfig, ...]) -> tuple[QueryConfig, ...]:
+        names = [q.name for q in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"query names must be unique, got {names}")
+        return value
 
 
 class WorkerConfig(_Frozen):

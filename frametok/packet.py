@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import ProtocolError
+from .models.compression import GridUpdate
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -42,7 +43,7 @@ __all__ = [
     "validate_stream_id",
 ]
 
-PROTOCOL_VERSION: tuple[int, int] = (1, 0)
+PROTOCOL_VERSION: tuple[int, int] = (1, 1)
 
 MAX_HEADER_BYTES = 1 << 20
 MAX_BUFFERS = 64
@@ -74,6 +75,11 @@ _BUFFER_DTYPES: dict[str, tuple[str, ...]] = {
     "det_track": ("int32",),
     "ctx": ("float16", "float32"),
     "patches": ("float16", "float32"),
+    "patch_index": ("int32",),
+    "patch_values": ("float16", "float32"),
+    "content": ("float16", "float32"),
+    "query_ctx": ("float16", "float32"),
+    "query_score": ("float32",),
 }
 
 
@@ -149,7 +155,14 @@ class Timestamps:
 
 @dataclass(frozen=True)
 class TokenPacket:
-    """The tokens of one frame of one stream."""
+    """The tokens of one frame of one stream.
+
+    Hard tokens: ``detections``. Soft tokens: ``context_token`` (D,), ``content_tokens`` (p, p, D),
+    ``query_tokens`` (Q, D) with their ``query_scores`` (Q,), and ``patch_tokens`` (gh, gw, D): the
+    full grid, when known. With cross-frame compression ``grid_update`` carries what was sent (a
+    keyframe, a delta, or a skip); a delta packet decodes with ``patch_tokens=None`` and the
+    :class:`~frametok.Subscriber` rebuilds the grid.
+    """
 
     stream_id: str
     frame_index: int
@@ -163,6 +176,10 @@ class TokenPacket:
     patch_tokens: NDArray[Any] | None = None
     models: Mapping[str, str] = field(default_factory=dict)
     seq: int = -1
+    grid_update: GridUpdate | None = None
+    content_tokens: NDArray[Any] | None = None
+    query_tokens: NDArray[Any] | None = None
+    query_scores: NDArray[Any] | None = None
 
     def __post_init__(self) -> None:
         validate_stream_id(self.stream_id)
@@ -176,6 +193,14 @@ class TokenPacket:
             raise ValueError(f"context_token: expected shape (D,), got {np.shape(self.context_token)}")
         if self.patch_tokens is not None and np.ndim(self.patch_tokens) != 3:
             raise ValueError(f"patch_tokens: expected shape (H, W, D), got {np.shape(self.patch_tokens)}")
+        if self.content_tokens is not None and np.ndim(self.content_tokens) != 3:
+            raise ValueError(f"content_tokens: expected shape (p, p, D), got {np.shape(self.content_tokens)}")
+        if (self.query_tokens is None) != (self.query_scores is None):
+            raise ValueError("query_tokens and query_scores go together")
+        if self.query_tokens is not None and self.query_scores is not None:
+            q = np.shape(self.query_tokens)
+            if len(q) != 2 or np.shape(self.query_scores) != (q[0],):
+                raise ValueError(f"query tokens (Q, D) and scores (Q,): got {q} and {np.shape(self.query_scores)}")
         object.__setattr__(self, "size_wh", (int(self.size_wh[0]), int(self.size_wh[1])))
 
 
@@ -293,8 +318,19 @@ def encode(
                 arrays.append(("det_track", det.track_id))
         if message.context_token is not None:
             arrays.append(("ctx", message.context_token))
-        if message.patch_tokens is not None:
+        update = message.grid_update
+        if update is not None:
+            header["grid"] = {"kind": update.kind, "n": update.n, "hw": list(update.grid_hw)}
+            if update.kind == "key":
+                arrays.append(("patches", update.values))  # type: ignore[arg-type]
+            elif update.kind == "delta":
+                arrays += [("patch_index", update.index), ("patch_values", update.values)]  # type: ignore[list-item]
+        elif message.patch_tokens is not None:
             arrays.append(("patches", message.patch_tokens))
+        if message.content_tokens is not None:
+            arrays.append(("content", message.content_tokens))
+        if message.query_tokens is not None and message.query_scores is not None:
+            arrays += [("query_ctx", message.query_tokens), ("query_score", message.query_scores)]
     elif isinstance(message, StatusMessage):
         header.update(kind="status", state=message.state, detail=message.detail, t_ns=message.t_ns)
     elif isinstance(message, EndOfStream):
@@ -434,6 +470,13 @@ def _decode_frame(header: Mapping[str, Any], buffers: Mapping[str, NDArray[Any]]
         if not math.isfinite(pts):
             raise ProtocolError(f"header: pts_s must be a finite number, got {header['pts_s']!r}")
     policy = _field(header, "policy", str)
+    patches = _expect(buffers, "patches", 3) if "patches" in buffers else None
+    update = _decode_grid(header, buffers, patches)
+    query = None
+    if "query_ctx" in buffers or "query_score" in buffers:
+        if "query_ctx" not in buffers or "query_score" not in buffers:
+            raise ProtocolError("query_ctx and query_score go together")
+        query = (_expect(buffers, "query_ctx", 2), _expect(buffers, "query_score", 1))
     try:
         return TokenPacket(
             stream_id=header["stream"],
@@ -445,12 +488,51 @@ def _decode_frame(header: Mapping[str, Any], buffers: Mapping[str, NDArray[Any]]
             timestamps=Timestamps(**stamps),
             detections=detections,
             context_token=_expect(buffers, "ctx", 1) if "ctx" in buffers else None,
-            patch_tokens=_expect(buffers, "patches", 3) if "patches" in buffers else None,
+            patch_tokens=patches,
             models=models,
             seq=seq,
+            grid_update=update,
+            content_tokens=_expect(buffers, "content", 3) if "content" in buffers else None,
+            query_tokens=None if query is None else query[0],
+            query_scores=None if query is None else query[1],
         )
     except ValueError as exc:
         raise ProtocolError(f"frame: {exc}") from exc
+
+
+def _decode_grid(
+    header: Mapping[str, Any], buffers: Mapping[str, NDArray[Any]], patches: NDArray[Any] | None
+) -> GridUpdate | None:
+    """The ``grid`` field (protocol 1.1): a keyframe, a delta or a skip of the patch grid."""
+    grid = _field(header, "grid", dict, optional=True)
+    has_delta = "patch_index" in buffers or "patch_values" in buffers
+    if grid is None:
+        if has_delta:
+            raise ProtocolError("patch_index/patch_values without a grid field")
+        return None
+    kind = _field(grid, "kind", str)
+    n = _nonneg_int(grid, "n")
+    hw = _field(grid, "hw", list)
+    if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
+        raise ProtocolError(f"grid.hw expected [gh, gw] > 0, got {hw!r}")
+    index = values = None
+    if kind == "key":
+        if patches is None or has_delta:
+            raise ProtocolError("a key grid update carries patches (and no patch_index/patch_values)")
+        values = patches
+    elif kind == "delta":
+        if patches is not None or "patch_index" not in buffers or "patch_values" not in buffers:
+            raise ProtocolError("a delta grid update carries patch_index and patch_values (and no patches)")
+        index, values = _expect(buffers, "patch_index", 1), _expect(buffers, "patch_values", 2)
+    elif kind == "skip":
+        if patches is not None or has_delta:
+            raise ProtocolError("a skip grid update carries no patch buffers")
+    else:
+        raise ProtocolError(f"grid.kind expected key, delta or skip, got {kind!r}")
+    try:
+        return GridUpdate(kind, n, (hw[0], hw[1]), index=index, values=values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ProtocolError(f"grid: {exc}") from exc
 
 
 def _reject_constant(name: str) -> Any:

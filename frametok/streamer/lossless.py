@@ -11,6 +11,7 @@ Control messages (DEALER -> ROUTER), each a multipart message:
 * ``[b"HELLO", json {"v": [1, 0], "streams": [ids] | null, "credit": n}]`` (again, as a heartbeat,
   when idle; a known subscriber's HELLO only refreshes it);
 * ``[b"CREDIT", ascii decimal n]``;
+* ``[b"KEY", stream id]``: the subscriber lost a stream's grid; the next one is sent whole;
 * ``[b"BYE"]``.
 """
 
@@ -27,11 +28,11 @@ import zmq
 
 from ..packet import topic_for
 
-__all__ = ["BYE", "CREDIT", "HELLO", "LosslessRouter"]
+__all__ = ["BYE", "CREDIT", "HELLO", "KEY", "LosslessRouter"]
 
 log = logging.getLogger(__name__)
 
-HELLO, CREDIT, BYE = b"HELLO", b"CREDIT", b"BYE"
+HELLO, CREDIT, KEY, BYE = b"HELLO", b"CREDIT", b"KEY", b"BYE"
 MAX_CREDIT = 1 << 20
 
 
@@ -101,6 +102,14 @@ class LosslessRouter:
                 return
             peer.credit = min(peer.window, peer.credit + max(0, grant))
             peer.last_seen = now
+        elif command == KEY and len(parts) > 2:
+            peer.last_seen = now
+            try:
+                prefix = topic_for(parts[2].decode())
+            except (UnicodeDecodeError, ValueError):
+                return
+            if self.on_join is not None:
+                self.on_join([prefix])
         elif command == BYE:
             self.peers.pop(identity, None)
 

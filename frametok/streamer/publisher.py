@@ -44,6 +44,7 @@ class Publisher:
         self.infos = dict(infos)
         self.subscriptions = 0
         self._seq: dict[str, int] = {}
+        self.join_hooks: list[Callable[[Sequence[bytes]], None]] = []  # called with the topic prefixes joined
         self.sent = 0
         self.bytes_sent = 0
         self._auth = start_authenticator(ctx, config.curve.authorized_keys) if config.curve else None
@@ -63,7 +64,7 @@ class Publisher:
             if config.curve:
                 server_curve(router, config.curve.secret_key)
             _bind(router, config.lossless_endpoint)
-            self.lossless = LosslessRouter(router, config.lossless_timeout_s, self._send_infos_for)
+            self.lossless = LosslessRouter(router, config.lossless_timeout_s, self._on_join)
 
     @property
     def subscribers(self) -> int:
@@ -88,18 +89,21 @@ class Publisher:
             handled += 1
             if msg[:1] == b"\x01":
                 self.subscriptions += 1
-                self._send_infos_for([msg[1:]])
+                self._on_join([msg[1:]])
             elif msg[:1] == b"\x00":
                 self.subscriptions = max(0, self.subscriptions - 1)
         if self.lossless is not None:
             handled += self.lossless.poll(0)
         return handled
 
-    def _send_infos_for(self, prefixes: Sequence[bytes]) -> None:
+    def _on_join(self, prefixes: Sequence[bytes]) -> None:
+        """A subscriber joined (or asked to resync): send it the streams' info, tell the hooks."""
         for stream_id, info in self.infos.items():
             topic = topic_for(stream_id)
             if any(topic.startswith(p) for p in prefixes):
                 self.publish(info)
+        for hook in self.join_hooks:
+            hook(prefixes)
 
     def wait_for_subscribers(self, count: int, should_stop: Callable[[], bool]) -> bool:
         """Block until ``count`` subscribers (live subscriptions or lossless) arrived; False if stopped."""

@@ -16,15 +16,16 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import zmq
 
 from ..errors import ProtocolError
+from ..models.compression import GridDecompressor
 from ..packet import PROTOCOL_VERSION, EndOfStream, Message, StreamInfo, TokenPacket, decode, topic_for
-from .lossless import BYE, CREDIT, HELLO
+from .lossless import BYE, CREDIT, HELLO, KEY
 from .security import client_curve
 
 __all__ = ["GapReport", "Subscriber"]
@@ -87,6 +88,9 @@ class Subscriber:
         self.received = 0
         self._last_seq: dict[str, int] = {}
         self._last_frame: dict[str, int] = {}
+        self._grids: dict[str, GridDecompressor] = {}
+        self._key_asked: dict[str, float] = {}
+        self.unsynced = 0  # frame packets yielded without a grid: out of sync, waiting for a keyframe
         self._ended: set[str] = set()
         self._consumed = 0
         self._last_hello = 0.0
@@ -144,6 +148,36 @@ class Subscriber:
             self._ended.add(sid)
         elif sid in self._ended and isinstance(msg, TokenPacket):
             self._ended.discard(sid)  # the stream started again
+
+    # ------------------------------------------------------------------ patch grids
+
+    def _rebuild(self, msg: TokenPacket) -> TokenPacket:
+        """Rebuild the full patch grid from a keyframe or delta, or yield none while out of sync."""
+        update = msg.grid_update
+        if update is None:
+            return msg
+        grid = self._grids.setdefault(msg.stream_id, GridDecompressor()).apply(update)
+        if grid is None:
+            self.unsynced += 1
+            self._ask_keyframe(msg.stream_id)
+        if grid is msg.patch_tokens:
+            return msg
+        return replace(msg, patch_tokens=grid)
+
+    def _ask_keyframe(self, stream_id: str, every_s: float = 1.0) -> None:
+        """Ask the publisher for a whole grid: re-subscribing (live) or a KEY command (lossless)."""
+        now = time.monotonic()
+        if now - self._key_asked.get(stream_id, -every_s) < every_s:
+            return
+        self._key_asked[stream_id] = now
+        if self.mode == "lossless":
+            self._control([KEY, stream_id.encode()])
+        else:
+            # A subscription reaches the publisher's XPUB (which then sends a keyframe) even when it
+            # repeats one we hold; removing it again leaves what we receive as it was.
+            topic = topic_for(stream_id)
+            self.socket.setsockopt(zmq.SUBSCRIBE, topic)
+            self.socket.setsockopt(zmq.UNSUBSCRIBE, topic)
 
     # ------------------------------------------------------------------ lossless control
 
@@ -212,6 +246,8 @@ class Subscriber:
                 continue
             self.received += 1
             self._track(msg)
+            if isinstance(msg, TokenPacket):
+                msg = self._rebuild(msg)
             return msg
 
     def __iter__(self) -> Iterator[Message]:

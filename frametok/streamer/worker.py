@@ -17,10 +17,13 @@ from ..errors import FrametokError
 from ..models.detector import Detector, LetterboxInfo
 from ..models.encoder import Encoder
 from ..models.session import ModelFiles, create_session
-from ..packet import Detections, EndOfStream, StatusMessage, StreamInfo, Timestamps, TokenPacket
+from ..models.soft_tokens import QueryBank
+from ..packet import Detections, EndOfStream, StatusMessage, StreamInfo, Timestamps, TokenPacket, topic_for
 from .notices import EndNotice, EventNotice, FrameNotice, OpenNotice, RunContext, StatusNotice, set_process_name
 from .publisher import Publisher
+from .queries import build_query_bank
 from .ring import FrameRing
+from .tokens import SoftTokens, SoftTokenStream
 
 __all__ = ["Models", "worker_main"]
 
@@ -42,6 +45,7 @@ class _Stream:
     stream_id: str
     policy: str
     ring: FrameRing | None = None
+    soft: SoftTokenStream | None = None
     published: int = 0
     dropped: int = 0
     discarded: int = 0
@@ -52,6 +56,15 @@ class _Stream:
 class _Batch:
     notices: list[FrameNotice] = field(default_factory=list)
     ends: list[EndNotice] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A frame pre-processed into the batch tensors: its letterbox, and its row in the encoder batch."""
+
+    notice: FrameNotice
+    letterbox: LetterboxInfo | None
+    encoder_row: int  # -1: the encoder is skipped for this frame
 
 
 class _Worker:
@@ -68,7 +81,9 @@ class _Worker:
         if models.encoder is not None and config.encoder is not None:
             session = create_session(models.encoder, wc.providers, wc.threads)
             self.encoder = Encoder(models.encoder.manifest, session)  # type: ignore[arg-type]
-        self.wire_dtype = np.dtype(config.encoder.dtype if config.encoder else "float16")
+        queries: QueryBank | None = None
+        if self.encoder is not None and config.encoder is not None and config.encoder.queries:
+            queries = build_query_bank(config.encoder.queries, self.encoder)
         self.model_ids = {}
         model_infos: dict[str, Any] = {}
         if self.detector is not None:
@@ -76,8 +91,18 @@ class _Worker:
             model_infos["detector"] = self.detector.manifest.info()
         if self.encoder is not None:
             self.model_ids["encoder"] = self.encoder.manifest.model_id
-            model_infos["encoder"] = self.encoder.manifest.info()
-        self.streams = {s.id: _Stream(s.id, s.effective_policy) for s in config.sources}
+            ec = config.encoder
+            assert ec is not None
+            model_infos["encoder"] = {
+                **self.encoder.manifest.info(), "dtype": ec.dtype, "pool": ec.pool,
+                "queries": list(queries.names) if queries else [],
+                "compression": {"tau": ec.tau, "keyframe_interval": ec.keyframe_interval} if ec.compress else None,
+            }
+        self.streams = {
+            s.id: _Stream(s.id, s.effective_policy,
+                          soft=SoftTokenStream(config.encoder, queries) if self.encoder and config.encoder else None)
+            for s in config.sources
+        }
         infos = {s.id: StreamInfo(s.id, s.effective_policy, model_infos) for s in config.sources}  # type: ignore[arg-type]
         # batch buffers, allocated once
         n = wc.max_batch
@@ -90,10 +115,17 @@ class _Worker:
         self.events_out.setsockopt(zmq.LINGER, 2000)
         self.events_out.connect(run.events_endpoint)
         self.publisher = Publisher(self.ctx, config.publisher, infos)
+        self.publisher.join_hooks.append(self._on_join)
         self.batches = 0
         self.frames_done = 0
         self.model_time_s = 0.0
         self._last_progress = 0.0
+
+    def _on_join(self, prefixes: Any) -> None:
+        """A subscriber joined or lost sync: the next grid of its streams is a keyframe."""
+        for st in self.streams.values():
+            if st.soft is not None and any(topic_for(st.stream_id).startswith(p) for p in prefixes):
+                st.soft.request_keyframe()
 
     def event(self, event: str, **data: Any) -> None:
         self.events_out.send_pyobj(EventNotice("worker", event, data))
@@ -134,10 +166,10 @@ class _Worker:
 
     # ------------------------------------------------------------------ processing
 
-    def _load(self, batch: _Batch) -> tuple[list[FrameNotice], list[LetterboxInfo | None]]:
+    def _load(self, batch: _Batch) -> list[_Loaded]:
         """Pre-process each frame straight from shared memory into the batch tensors."""
-        kept: list[FrameNotice] = []
-        infos: list[LetterboxInfo | None] = []
+        loaded: list[_Loaded] = []
+        encoded = 0
         for notice in batch.notices:
             st = self.streams[notice.stream_id]
             st.dropped = notice.dropped
@@ -147,40 +179,47 @@ class _Worker:
                 st.discarded += 1  # overwritten by a newer frame (live policy)
                 continue
             view = ring.view(notice.slot)
-            i = len(kept)
-            info = None
+            letterbox = None
             if self.detector is not None and self.det_batch is not None:
-                info = self.detector.preprocess(view, self.det_batch[i])
-            if self.encoder is not None and self.enc_batch is not None:
-                self.encoder.preprocess(view, self.enc_batch[i])
+                letterbox = self.detector.preprocess(view, self.det_batch[len(loaded)])
+            row = -1
+            can_encode = self.encoder is not None and self.enc_batch is not None and st.soft is not None
+            if can_encode and st.soft.wants_encoder(view):  # type: ignore[union-attr]
+                self.encoder.preprocess(view, self.enc_batch[encoded])  # type: ignore[union-attr,index]
+                row = encoded
             ok = ring.verify(notice.slot, version)
             ring.release(notice.slot, notice.seq)
             if not ok:
                 st.discarded += 1
                 continue
-            kept.append(notice)
-            infos.append(info)
-        return kept, infos
+            encoded += row >= 0
+            loaded.append(_Loaded(notice, letterbox, row))
+        return loaded
 
     def process(self, batch: _Batch) -> None:
-        kept, infos = self._load(batch)
-        n = len(kept)
+        loaded = self._load(batch)
+        n = len(loaded)
         if n:
             t0 = time.perf_counter()
             dets: list[Detections | None] = [None] * n
             if self.detector is not None and self.det_batch is not None:
                 raw = self.detector.infer(self.det_batch[:n])
-                dets = [self.detector.postprocess(raw[i], info) for i, info in enumerate(infos)]  # type: ignore[arg-type]
-            context = patches = None
-            if self.encoder is not None and self.enc_batch is not None:
-                enc = self.encoder.split(self.encoder.infer(self.enc_batch[:n]))
-                context = enc.context.astype(self.wire_dtype)
-                if self.config.encoder is not None and self.config.encoder.patches:
-                    patches = enc.patches.astype(self.wire_dtype)
+                dets = [self.detector.postprocess(raw[i], item.letterbox) for i, item in enumerate(loaded)]  # type: ignore[arg-type]
+            m = sum(item.encoder_row >= 0 for item in loaded)
+            enc = None
+            if m and self.encoder is not None and self.enc_batch is not None:
+                enc = self.encoder.split(self.encoder.infer(self.enc_batch[:m]))
             self.model_time_s += time.perf_counter() - t0
             t_infer = time.time_ns()
-            for i, notice in enumerate(kept):
+            for i, item in enumerate(loaded):
+                notice = item.notice
                 st = self.streams[notice.stream_id]
+                soft = SoftTokens()
+                if st.soft is not None:
+                    if item.encoder_row >= 0 and enc is not None:
+                        soft = st.soft.encoded(enc.context[item.encoder_row], enc.patches[item.encoder_row])
+                    else:
+                        soft = st.soft.skip()
                 ring = st.ring
                 assert ring is not None
                 h, w = ring.spec.shape_hwc[:2]
@@ -193,9 +232,13 @@ class _Worker:
                     dropped=notice.dropped,
                     timestamps=Timestamps(notice.t_capture_ns, notice.t_decode_ns, t_infer),
                     detections=dets[i],
-                    context_token=None if context is None else context[i],
-                    patch_tokens=None if patches is None else patches[i],
+                    context_token=soft.context,
+                    patch_tokens=soft.patches,
                     models=self.model_ids,
+                    grid_update=soft.grid_update,
+                    content_tokens=soft.content,
+                    query_tokens=soft.query_tokens,
+                    query_scores=soft.query_scores,
                 ))
                 st.published += 1
             self.batches += 1
@@ -204,7 +247,8 @@ class _Worker:
             st = self.streams[end.stream_id]
             st.ended = True
             self.publisher.publish(EndOfStream(end.stream_id, st.published, end.reason, end.detail))  # type: ignore[arg-type]
-            self.event("stream_end", stream=end.stream_id, packets=st.published, reason=end.reason, detail=end.detail)
+            self.event("stream_end", stream=end.stream_id, packets=st.published, reason=end.reason,
+                       detail=end.detail)
 
     def _progress(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -236,7 +280,8 @@ class _Worker:
                    packets={sid: st.published for sid, st in self.streams.items()},
                    discarded={sid: st.discarded for sid, st in self.streams.items()},
                    dropped={sid: st.dropped for sid, st in self.streams.items()},
-                   bytes_sent=self.publisher.bytes_sent)
+                   bytes_sent=self.publisher.bytes_sent,
+                   soft_tokens={sid: st.soft.stats() for sid, st in self.streams.items() if st.soft is not None})
         for st in self.streams.values():
             if st.ring is not None:
                 st.ring.close()

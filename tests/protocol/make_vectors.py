@@ -29,6 +29,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from frametok.models.compression import GridUpdate
 from frametok.packet import (
     Detections,
     EndOfStream,
@@ -65,7 +66,7 @@ Each folder is one ZeroMQ multipart message:
   * invalid message: `{"valid": false, "error": <code>, "description": <str>}`: a decoder must
     reject it (`code` names the broken rule, informative only).
 
-`content` is the decoded message, with only the fields protocol 1.0 defines (unknown header
+`content` is the decoded message, with only the fields protocol 1.1 defines (unknown header
 fields and unknown buffers are dropped), defaults applied (`pts_s` null when absent, `t_ns` keys
 0 when absent, `models` `{}` when absent or null in a frame):
 
@@ -115,8 +116,21 @@ def content(message: Message) -> dict[str, Any]:
                 buffers["det_track"] = array_content(det.track_id)
         if message.context_token is not None:
             buffers["ctx"] = array_content(np.asarray(message.context_token))
-        if message.patch_tokens is not None:
+        update = message.grid_update
+        if update is not None:
+            out["grid"] = {"kind": update.kind, "n": update.n, "hw": list(update.grid_hw)}
+            if update.kind == "key":
+                buffers["patches"] = array_content(np.asarray(update.values))
+            elif update.kind == "delta":
+                buffers["patch_index"] = array_content(np.asarray(update.index))
+                buffers["patch_values"] = array_content(np.asarray(update.values))
+        elif message.patch_tokens is not None:
             buffers["patches"] = array_content(np.asarray(message.patch_tokens))
+        if message.content_tokens is not None:
+            buffers["content"] = array_content(np.asarray(message.content_tokens))
+        if message.query_tokens is not None and message.query_scores is not None:
+            buffers["query_ctx"] = array_content(np.asarray(message.query_tokens))
+            buffers["query_score"] = array_content(np.asarray(message.query_scores))
     elif isinstance(message, StatusMessage):
         out.update(kind="status", state=message.state, detail=message.detail, t_ns=message.t_ns)
     elif isinstance(message, EndOfStream):
@@ -220,6 +234,40 @@ def info() -> StreamInfo:
     )
 
 
+def _grid_frame(index: int, seq: int, update: GridUpdate, **extra: Any) -> TokenPacket:
+    rng = np.random.default_rng(10 + index)
+    return TokenPacket(
+        stream_id="dock", frame_index=index, pts_s=index / 10, size_wh=(768, 576), policy="file", dropped=0,
+        timestamps=Timestamps(T0 + index, T0 + index + 1, T0 + index + 2, T0 + index + 3),
+        context_token=rng.standard_normal(8).astype(np.float16),
+        models={"encoder": "dinov2_vits14@6cec4a98e8cb"}, seq=seq, grid_update=update, **extra,
+    )
+
+
+def frame_grid_key() -> TokenPacket:
+    rng = np.random.default_rng(20)
+    update = GridUpdate("key", 0, (2, 3), values=rng.standard_normal((2, 3, 8)).astype(np.float16), reason="first")
+    return _grid_frame(
+        0, 3, update,
+        content_tokens=rng.standard_normal((1, 1, 8)).astype(np.float16),
+        query_tokens=rng.standard_normal((2, 8)).astype(np.float16),
+        query_scores=np.array([0.8125, -0.25], np.float32),
+    )
+
+
+def frame_grid_delta() -> TokenPacket:
+    rng = np.random.default_rng(21)
+    update = GridUpdate("delta", 1, (2, 3), index=np.array([1, 5], np.int32),
+                        values=rng.standard_normal((2, 8)).astype(np.float16))
+    return _grid_frame(1, 4, update, content_tokens=rng.standard_normal((1, 1, 8)).astype(np.float16))
+
+
+def frame_grid_skip() -> TokenPacket:
+    rng = np.random.default_rng(22)
+    return _grid_frame(2, 5, GridUpdate("skip", 2, (2, 3)),
+                       content_tokens=rng.standard_normal((1, 1, 8)).astype(np.float16))
+
+
 def worked_example() -> TokenPacket:
     """The frame of the worked example in docs/protocol.md (not written as a vector: 197 KB)."""
     rng = np.random.default_rng(0)
@@ -294,6 +342,19 @@ def _not_json(parts: Parts) -> Parts:
     return [parts[0], parts[1][:-1], *parts[2:]]  # the closing brace is missing
 
 
+def _grid_index_out_of_range(parts: Parts) -> Parts:
+    header = _header(parts)
+    index = np.frombuffer(parts[3], np.int32).copy()
+    index[-1] = 6  # a 2x3 grid has patches 0..5
+    return [parts[0], parts[1], parts[2], index.tobytes(), *parts[4:]] if header else parts
+
+
+def _grid_key_without_patches(parts: Parts) -> Parts:
+    header = _header(parts)
+    header["grid"]["kind"] = "key"  # but the buffers are a delta's
+    return _with_header(parts, header)
+
+
 def _five_dims(parts: Parts) -> Parts:
     header = _header(parts)
     header["buffers"][-1]["shape"] = [1, *header["buffers"][-1]["shape"], 1]
@@ -310,6 +371,10 @@ VALID: dict[str, tuple[Callable[[], Message], str]] = {
     "status": (status, "status: online"),
     "eos": (eos, "eos: the source ended after 795 frames"),
     "info": (info, "info: detector class names (non-ASCII included) and encoder grid"),
+    "frame_grid_key": (frame_grid_key, "frame (1.1): a keyframe of a 2x3 grid (patches), content tokens (1,1,8), "
+                       "two query tokens and scores"),
+    "frame_grid_delta": (frame_grid_delta, "frame (1.1): a delta: patches 1 and 5 of the 2x3 grid changed"),
+    "frame_grid_skip": (frame_grid_skip, "frame (1.1): the encoder was skipped, the grid is unchanged"),
 }
 
 INVALID: dict[str, tuple[Callable[[], Message], Callable[[Parts], Parts], str, str]] = {
@@ -322,6 +387,10 @@ INVALID: dict[str, tuple[Callable[[], Message], Callable[[Parts], Parts], str, s
     "invalid_topic": (status, _topic, "topic", "topic cam00/ for stream cam0"),
     "invalid_header_json": (eos, _not_json, "header-json", "the header is not complete JSON"),
     "invalid_five_dims": (frame_tracks_f32, _five_dims, "shape", "patches has 5 dimensions"),
+    "invalid_grid_index": (frame_grid_delta, _grid_index_out_of_range, "grid",
+                           "patch_index 6 lies outside a 2x3 grid"),
+    "invalid_grid_key_without_patches": (frame_grid_delta, _grid_key_without_patches, "grid",
+                                         "grid.kind key with a delta's buffers"),
 }
 
 

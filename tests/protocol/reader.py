@@ -1,4 +1,4 @@
-"""An independent decoder of frametok wire protocol 1.0, written from ``docs/protocol.md`` only.
+"""An independent decoder of frametok wire protocol 1.1, written from ``docs/protocol.md`` only.
 
 It deliberately does not import frametok: it checks that the document is enough to write a
 decoder, and that ``frametok.packet`` agrees with it. ``read(parts)`` returns the decoded content
@@ -35,6 +35,7 @@ STATES = ("connecting", "online", "stalled", "reconnecting", "offline", "error")
 REASONS = ("end", "error", "stopped")
 DETECTION_DTYPES = {"det_xyxy": "float32", "det_score": "float32", "det_class": "int32", "det_track": "int32"}
 TOKEN_DTYPES = ("float16", "float32")
+GRID_KINDS = ("key", "delta", "skip")
 
 
 class Malformed(Exception):
@@ -192,15 +193,62 @@ def _frame(header: dict[str, Any], buffers: dict[str, np.ndarray[Any, Any]]) -> 
             if arr.dtype != DTYPES[DETECTION_DTYPES[name]]:
                 raise Malformed("detections", f"{name} has dtype {arr.dtype}")
             out[name] = _array(arr, DETECTION_DTYPES[name])
-    for name, ndim in (("ctx", 1), ("patches", 3)):
+    for name, ndim in (("ctx", 1), ("patches", 3), ("patch_values", 2), ("content", 3), ("query_ctx", 2)):
         if name in buffers:
             arr = buffers[name]
             dtype_name = next((n for n in TOKEN_DTYPES if DTYPES[n] == arr.dtype), None)
             if arr.ndim != ndim or dtype_name is None:
                 raise Malformed("tokens", f"{name} has shape {arr.shape} and dtype {arr.dtype}")
             out[name] = _array(arr, dtype_name)
+    for name in ("patch_index", "query_score"):
+        if name in buffers:
+            arr = buffers[name]
+            want = "int32" if name == "patch_index" else "float32"
+            if arr.ndim != 1 or arr.dtype != DTYPES[want]:
+                raise Malformed("tokens", f"{name} has shape {arr.shape} and dtype {arr.dtype}")
+            out[name] = _array(arr, want)
+    if ("query_ctx" in out) != ("query_score" in out) or (
+        "query_ctx" in out and out["query_ctx"]["shape"][0] != out["query_score"]["shape"][0]
+    ):
+        raise Malformed("tokens", "query_ctx (Q, D) and query_score (Q,) go together")
+    grid = _grid(header, buffers)
+    if grid is not None:
+        content["grid"] = grid
     content["buffers"] = out
     return content
+
+
+def _grid(header: dict[str, Any], buffers: dict[str, np.ndarray[Any, Any]]) -> dict[str, Any] | None:
+    """The optional ``grid`` field of protocol 1.1 and the buffers each grid kind requires."""
+    delta_parts = {"patch_index", "patch_values"} & set(buffers)
+    if "grid" not in header:
+        if delta_parts:
+            raise Malformed("grid", "patch_index/patch_values without grid")
+        return None
+    grid = header["grid"]
+    if not isinstance(grid, dict):
+        raise Malformed("grid", "grid must be an object")
+    kind = _str(grid, "kind", GRID_KINDS, code="grid")
+    n = _int(grid, "n", minimum=0, code="grid")
+    hw = grid.get("hw")
+    if not isinstance(hw, list) or len(hw) != 2 or not all(_is_int(v) and 0 < v <= INT64[1] for v in hw):
+        raise Malformed("grid", f"grid.hw {hw!r:.40}")
+    gh, gw = hw
+    if kind == "key":
+        patches = buffers.get("patches")
+        if patches is None or delta_parts or patches.shape[:2] != (gh, gw):
+            raise Malformed("grid", "a key update carries patches of shape (gh, gw, D) and no delta buffers")
+    elif kind == "delta":
+        if "patches" in buffers or delta_parts != {"patch_index", "patch_values"}:
+            raise Malformed("grid", "a delta update carries patch_index and patch_values, not patches")
+        index, values = buffers["patch_index"], buffers["patch_values"]
+        if values.ndim != 2 or values.shape[0] != index.shape[0]:
+            raise Malformed("grid", "patch_values must be (K, D) for K indices")
+        if index.size and (int(index.min()) < 0 or int(index.max()) >= gh * gw):
+            raise Malformed("grid", "patch_index out of range")
+    elif "patches" in buffers or delta_parts:
+        raise Malformed("grid", "a skip update carries no patch buffers")
+    return {"kind": kind, "n": n, "hw": [gh, gw]}
 
 
 def read(parts: Sequence[bytes]) -> dict[str, Any]:

@@ -1,0 +1,95 @@
+"""Per-stream soft-token state in the worker: compression, the encoder skip test, and the tokens
+repeated for frames whose encoder run was skipped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..config import EncoderConfig
+from ..models.compression import GridCompressor, GridUpdate
+from ..models.soft_tokens import QueryBank, pixel_change, pool_grid, thumbnail
+
+__all__ = ["SoftTokenStream", "SoftTokens"]
+
+
+@dataclass(frozen=True)
+class SoftTokens:
+    """One frame's soft tokens, at wire precision, ready for a TokenPacket."""
+
+    context: NDArray[Any] | None = None
+    content: NDArray[Any] | None = None
+    query_tokens: NDArray[Any] | None = None
+    query_scores: NDArray[np.float32] | None = None
+    patches: NDArray[Any] | None = None  # the full grid, when not compressed
+    grid_update: GridUpdate | None = None
+
+
+class SoftTokenStream:
+    """What the worker remembers of one stream's soft tokens between frames."""
+
+    def __init__(self, config: EncoderConfig, queries: QueryBank | None = None) -> None:
+        self.config = config
+        self.queries = queries
+        self.wire = np.dtype(config.dtype)
+        self.compressor = (
+            GridCompressor(config.tau, config.keyframe_interval, config.scene_cut_share, config.dtype)
+            if config.patches and config.compress else None
+        )
+        self._last_thumb: NDArray[np.float32] | None = None
+        self._last: SoftTokens | None = None
+        self.skipped = 0
+
+    def wants_encoder(self, frame_rgb: NDArray[np.uint8]) -> bool:
+        """False when the frame barely differs from the last encoded one (and skipping is on)."""
+        if self.config.skip_threshold <= 0.0:
+            return True
+        thumb = thumbnail(frame_rgb)
+        seen = self._last_thumb is not None and self._last is not None
+        if seen and pixel_change(thumb, self._last_thumb) < self.config.skip_threshold:  # type: ignore[arg-type]
+            return False
+        self._last_thumb = thumb
+        return True
+
+    def request_keyframe(self) -> None:
+        if self.compressor is not None:
+            self.compressor.request_keyframe()
+
+    def encoded(self, context: NDArray[np.floating], patches: NDArray[np.floating]) -> SoftTokens:
+        """Tokens of a frame the encoder ran on: ``context`` (D,), ``patches`` (gh, gw, D) float32."""
+        cfg = self.config
+        content = pool_grid(patches[None], cfg.pool)[0].astype(self.wire) if cfg.pool else None
+        q_tokens = q_scores = None
+        if self.queries is not None:
+            attended, scores = self.queries.attend(patches[None])
+            q_tokens, q_scores = attended[0].astype(self.wire), scores[0]
+        grid = update = None
+        if self.compressor is not None:
+            update = self.compressor.encode(patches)
+        elif cfg.patches:
+            grid = patches.astype(self.wire)
+        tokens = SoftTokens(context.astype(self.wire), content, q_tokens, q_scores, grid, update)
+        self._last = tokens
+        return tokens
+
+    def skip(self) -> SoftTokens:
+        """Tokens of a frame whose encoder run was skipped: the last ones again, the grid unchanged."""
+        assert self._last is not None, "wants_encoder() never skips before the first encoded frame"
+        self.skipped += 1
+        last = self._last
+        if self.compressor is not None:
+            return SoftTokens(last.context, last.content, last.query_tokens, last.query_scores, None,
+                              self.compressor.skip())
+        return last
+
+    def stats(self) -> dict[str, Any]:
+        comp = self.compressor
+        return {
+            "skipped": self.skipped,
+            "tokens_total": comp.tokens_total if comp else 0,
+            "tokens_sent": comp.tokens_sent if comp else 0,
+            "keyframes": comp.keyframes if comp else 0,
+        }
