@@ -40,19 +40,26 @@ class SoftTokenStream:
             if config.patches and config.compress else None
         )
         self._last_thumb: NDArray[np.float32] | None = None
+        self._undo_thumb: NDArray[np.float32] | None = None
         self._last: SoftTokens | None = None
         self.skipped = 0
 
     def wants_encoder(self, frame_rgb: NDArray[np.uint8]) -> bool:
-        """False when the frame barely differs from the last encoded one (and skipping is on)."""
+        """False when the frame barely differs from the last one chosen for encoding (skipping on).
+
+        Frames are published in order, so the frame a skip refers to is encoded before it is needed.
+        """
         if self.config.skip_threshold <= 0.0:
             return True
         thumb = thumbnail(frame_rgb)
-        seen = self._last_thumb is not None and self._last is not None
-        if seen and pixel_change(thumb, self._last_thumb) < self.config.skip_threshold:  # type: ignore[arg-type]
+        if self._last_thumb is not None and pixel_change(thumb, self._last_thumb) < self.config.skip_threshold:
             return False
-        self._last_thumb = thumb
+        self._undo_thumb, self._last_thumb = self._last_thumb, thumb
         return True
+
+    def discard(self) -> None:
+        """The frame just chosen for encoding was overwritten before it was read (live): forget it."""
+        self._last_thumb = self._undo_thumb
 
     def request_keyframe(self) -> None:
         if self.compressor is not None:
@@ -77,7 +84,7 @@ class SoftTokenStream:
 
     def skip(self) -> SoftTokens:
         """Tokens of a frame whose encoder run was skipped: the last ones again, the grid unchanged."""
-        assert self._last is not None, "wants_encoder() never skips before the first encoded frame"
+        assert self._last is not None, "a skip always follows an encoded frame of the stream"
         self.skipped += 1
         last = self._last
         if self.compressor is not None:

@@ -191,6 +191,8 @@ class _Worker:
             ring.release(notice.slot, notice.seq)
             if not ok:
                 st.discarded += 1
+                if row >= 0 and st.soft is not None:
+                    st.soft.discard()
                 continue
             encoded += row >= 0
             loaded.append(_Loaded(notice, letterbox, row))

@@ -46,9 +46,7 @@ def test_rebuilt_grids_are_faithful_or_absent(case: tuple[list[np.ndarray], floa
         if i < join or not delivered[i]:
             continue
         rebuilt = dec.apply(update)
-        if update.kind == "key":
-            synced_through = update.n
-        elif synced_through is not None and update.n == synced_through + 1:
+        if update.kind == "key" or (synced_through is not None and update.n == synced_through + 1):
             synced_through = update.n
         else:
             synced_through = None
