@@ -77,6 +77,7 @@ _BUFFER_DTYPES: dict[str, tuple[str, ...]] = {
     "patches": ("float16", "float32"),
     "patch_index": ("int32",),
     "patch_values": ("float16", "float32"),
+    "patch_bias": ("float16", "float32"),
     "content": ("float16", "float32"),
     "query_ctx": ("float16", "float32"),
     "query_score": ("float32",),
@@ -325,6 +326,8 @@ def encode(
                 arrays.append(("patches", update.values))  # type: ignore[arg-type]
             elif update.kind == "delta":
                 arrays += [("patch_index", update.index), ("patch_values", update.values)]  # type: ignore[list-item]
+                if update.bias is not None:
+                    arrays.append(("patch_bias", update.bias))
         elif message.patch_tokens is not None:
             arrays.append(("patches", message.patch_tokens))
         if message.content_tokens is not None:
@@ -505,7 +508,7 @@ def _decode_grid(
 ) -> GridUpdate | None:
     """The ``grid`` field (protocol 1.1): a keyframe, a delta or a skip of the patch grid."""
     grid = _field(header, "grid", dict, optional=True)
-    has_delta = "patch_index" in buffers or "patch_values" in buffers
+    has_delta = "patch_index" in buffers or "patch_values" in buffers or "patch_bias" in buffers
     if grid is None:
         if has_delta:
             raise ProtocolError("patch_index/patch_values without a grid field")
@@ -515,7 +518,7 @@ def _decode_grid(
     hw = _field(grid, "hw", list)
     if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
         raise ProtocolError(f"grid.hw expected [gh, gw] > 0, got {hw!r}")
-    index = values = None
+    index = values = bias = None
     if kind == "key":
         if patches is None or has_delta:
             raise ProtocolError("a key grid update carries patches (and no patch_index/patch_values)")
@@ -524,13 +527,14 @@ def _decode_grid(
         if patches is not None or "patch_index" not in buffers or "patch_values" not in buffers:
             raise ProtocolError("a delta grid update carries patch_index and patch_values (and no patches)")
         index, values = _expect(buffers, "patch_index", 1), _expect(buffers, "patch_values", 2)
+        bias = _expect(buffers, "patch_bias", 1) if "patch_bias" in buffers else None
     elif kind == "skip":
         if patches is not None or has_delta:
             raise ProtocolError("a skip grid update carries no patch buffers")
     else:
         raise ProtocolError(f"grid.kind expected key, delta or skip, got {kind!r}")
     try:
-        return GridUpdate(kind, n, (hw[0], hw[1]), index=index, values=values)  # type: ignore[arg-type]
+        return GridUpdate(kind, n, (hw[0], hw[1]), index=index, values=values, bias=bias)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ProtocolError(f"grid: {exc}") from exc
 

@@ -1,8 +1,11 @@
 """Cross-frame compression of patch-token grids (the publisher side and the subscriber side).
 
-The publisher keeps, per stream, a reference grid equal to what every in-sync subscriber holds. A
-patch token is sent only when its cosine distance to its reference exceeds ``tau``; the reference
-is then set to the value sent (at wire precision). So every patch token a subscriber rebuilds has
+The publisher keeps, per stream, a reference grid equal to what every in-sync subscriber holds. Each
+delta first moves every patch of the reference by a common ``bias`` vector (the mean change of
+the grid: image encoders such as DINOv2 shift all their tokens a little when anything in the frame
+changes, and without it the stale patches make the rebuilt grid lag behind the video), then sends
+the patch tokens whose cosine distance to that moved reference still exceeds ``tau``; the reference
+is then set to the values sent (at wire precision). So every patch token a subscriber rebuilds has
 cosine >= 1 - tau to the encoder's true output, up to the wire precision. Full grids (keyframes) go
 out on the first frame, every ``keyframe_interval`` updates, on a scene cut (more than
 ``scene_cut_share`` of the patches changed) and when asked for.
@@ -19,7 +22,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["GridCompressor", "GridDecompressor", "GridUpdate", "cosine_per_patch"]
+__all__ = ["GridCompressor", "GridDecompressor", "GridUpdate", "cosine_per_patch", "shift_grid"]
 
 UpdateKind = Literal["key", "delta", "skip"]
 _EPS = 1e-12
@@ -29,7 +32,8 @@ _EPS = 1e-12
 class GridUpdate:
     """One frame's change to a stream's patch grid.
 
-    ``key``: ``values`` is the whole grid (gh, gw, D). ``delta``: ``index`` holds the flat (row-major)
+    ``key``: ``values`` is the whole grid (gh, gw, D). ``delta``: ``bias`` (D,) is added to every
+    patch (in float32, stored back at the wire precision), then ``index`` holds the flat (row-major)
     indices of the patches sent and ``values`` their tokens (K, D). ``skip``: the encoder did not run
     for this frame; the grid is unchanged.
     """
@@ -39,6 +43,7 @@ class GridUpdate:
     grid_hw: tuple[int, int]
     index: NDArray[np.int32] | None = None
     values: NDArray[np.floating] | None = None
+    bias: NDArray[np.floating] | None = None
     reason: str = ""
 
     def __post_init__(self) -> None:
@@ -62,6 +67,10 @@ class GridUpdate:
                 )
             if self.index.size and (int(self.index.min()) < 0 or int(self.index.max()) >= gh * gw):
                 raise ValueError(f"delta: patch index out of range for a {gh}x{gw} grid")
+            if self.bias is not None and (self.bias.ndim != 1 or self.bias.shape[0] != self.values.shape[1]):
+                raise ValueError(f"delta: bias must be (D,) = ({self.values.shape[1]},), got {self.bias.shape}")
+        if self.bias is not None and self.kind != "delta":
+            raise ValueError("only a delta update has a bias")
 
     @property
     def tokens_sent(self) -> int:
@@ -79,6 +88,14 @@ def cosine_per_patch(a: NDArray[np.floating], b: NDArray[np.floating]) -> NDArra
     cos = np.einsum("...d,...d->...", a32, b32) / np.sqrt(np.maximum(aa * bb, _EPS))
     a0, b0 = aa <= _EPS, bb <= _EPS
     return np.where(a0 & b0, 1.0, np.where(a0 | b0, 0.0, cos)).astype(np.float32)
+
+
+def shift_grid(grid: NDArray[np.floating], bias: NDArray[np.floating]) -> NDArray[np.floating]:
+    """``grid + bias`` on every patch, computed in float32 and stored at ``grid``'s precision.
+
+    Both sides of the wire compute it exactly so (IEEE float32), so their grids stay identical.
+    """
+    return (grid.astype(np.float32) + bias.astype(np.float32)).astype(grid.dtype)
 
 
 class GridCompressor:
@@ -136,15 +153,18 @@ class GridCompressor:
             return self._key(grid, "request")
         if self.keyframe_interval and self._since_key + 1 >= self.keyframe_interval:
             return self._key(grid, "interval")
-        changed = (1.0 - cosine_per_patch(grid, ref)) > self.tau
+        bias = np.asarray((grid - ref.astype(np.float32)).mean(axis=(0, 1)), dtype=self.wire_dtype)
+        moved = shift_grid(ref, bias)
+        changed = (1.0 - cosine_per_patch(grid, moved)) > self.tau
         if changed.mean() > self.scene_cut_share:
             return self._key(grid, "scene_cut")
         flat = np.flatnonzero(changed.reshape(-1)).astype(np.int32)
         values = np.ascontiguousarray(grid.reshape(gh * gw, -1)[flat], dtype=self.wire_dtype)
-        ref.reshape(gh * gw, -1)[flat] = values
+        moved.reshape(gh * gw, -1)[flat] = values
+        self.reference = moved
         self._since_key += 1
         self.tokens_sent += int(flat.size)
-        return GridUpdate("delta", self._next(), (gh, gw), index=flat, values=values)
+        return GridUpdate("delta", self._next(), (gh, gw), index=flat, values=values, bias=bias)
 
     def skip(self) -> GridUpdate:
         """The update for a frame whose encoder run was skipped (nothing changed)."""
@@ -181,6 +201,8 @@ class GridDecompressor:
         if update.kind == "delta":
             assert update.index is not None and update.values is not None
             gh, gw = update.grid_hw
+            if update.bias is not None:
+                self.grid = shift_grid(self.grid, update.bias)
             self.grid.reshape(gh * gw, -1)[update.index] = update.values
         self.n = update.n
         return self.grid.copy()

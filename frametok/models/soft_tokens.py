@@ -74,6 +74,11 @@ def thumbnail(frame_rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
     return np.asarray(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), np.float32) / 255.0
 
 
-def pixel_change(a: NDArray[np.float32], b: NDArray[np.float32]) -> float:
-    """Mean absolute difference of two thumbnails, 0..1."""
-    return float(np.abs(a - b).mean())
+def pixel_change(a: NDArray[np.float32], b: NDArray[np.float32], cell: int = 4) -> float:
+    """How much the most changed region of two thumbnails changed: the largest mean absolute
+    difference over ``cell`` x ``cell`` blocks (0..1). A person walking in a corner counts, even
+    when the frame as a whole barely changed."""
+    diff = np.abs(a - b)
+    h, w = diff.shape[0] // cell * cell, diff.shape[1] // cell * cell
+    blocks = diff[:h, :w].reshape(h // cell, cell, w // cell, cell).mean(axis=(1, 3))
+    return float(blocks.max())

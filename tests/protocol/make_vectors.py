@@ -124,6 +124,8 @@ def content(message: Message) -> dict[str, Any]:
             elif update.kind == "delta":
                 buffers["patch_index"] = array_content(np.asarray(update.index))
                 buffers["patch_values"] = array_content(np.asarray(update.values))
+                if update.bias is not None:
+                    buffers["patch_bias"] = array_content(np.asarray(update.bias))
         elif message.patch_tokens is not None:
             buffers["patches"] = array_content(np.asarray(message.patch_tokens))
         if message.content_tokens is not None:
@@ -258,7 +260,8 @@ def frame_grid_key() -> TokenPacket:
 def frame_grid_delta() -> TokenPacket:
     rng = np.random.default_rng(21)
     update = GridUpdate("delta", 1, (2, 3), index=np.array([1, 5], np.int32),
-                        values=rng.standard_normal((2, 8)).astype(np.float16))
+                        values=rng.standard_normal((2, 8)).astype(np.float16),
+                        bias=(0.01 * rng.standard_normal(8)).astype(np.float16))
     return _grid_frame(1, 4, update, content_tokens=rng.standard_normal((1, 1, 8)).astype(np.float16))
 
 
@@ -373,7 +376,8 @@ VALID: dict[str, tuple[Callable[[], Message], str]] = {
     "info": (info, "info: detector class names (non-ASCII included) and encoder grid"),
     "frame_grid_key": (frame_grid_key, "frame (1.1): a keyframe of a 2x3 grid (patches), content tokens (1,1,8), "
                        "two query tokens and scores"),
-    "frame_grid_delta": (frame_grid_delta, "frame (1.1): a delta: patches 1 and 5 of the 2x3 grid changed"),
+    "frame_grid_delta": (frame_grid_delta, "frame (1.1): a delta: every patch moved by patch_bias, then patches "
+                         "1 and 5 of the 2x3 grid replaced"),
     "frame_grid_skip": (frame_grid_skip, "frame (1.1): the encoder was skipped, the grid is unchanged"),
 }
 

@@ -193,7 +193,8 @@ def _frame(header: dict[str, Any], buffers: dict[str, np.ndarray[Any, Any]]) -> 
             if arr.dtype != DTYPES[DETECTION_DTYPES[name]]:
                 raise Malformed("detections", f"{name} has dtype {arr.dtype}")
             out[name] = _array(arr, DETECTION_DTYPES[name])
-    for name, ndim in (("ctx", 1), ("patches", 3), ("patch_values", 2), ("content", 3), ("query_ctx", 2)):
+    for name, ndim in (("ctx", 1), ("patches", 3), ("patch_values", 2), ("patch_bias", 1), ("content", 3),
+                       ("query_ctx", 2)):
         if name in buffers:
             arr = buffers[name]
             dtype_name = next((n for n in TOKEN_DTYPES if DTYPES[n] == arr.dtype), None)
@@ -220,7 +221,7 @@ def _frame(header: dict[str, Any], buffers: dict[str, np.ndarray[Any, Any]]) -> 
 
 def _grid(header: dict[str, Any], buffers: dict[str, np.ndarray[Any, Any]]) -> dict[str, Any] | None:
     """The optional ``grid`` field of protocol 1.1 and the buffers each grid kind requires."""
-    delta_parts = {"patch_index", "patch_values"} & set(buffers)
+    delta_parts = {"patch_index", "patch_values", "patch_bias"} & set(buffers)
     if "grid" not in header:
         if delta_parts:
             raise Malformed("grid", "patch_index/patch_values without grid")
@@ -239,11 +240,14 @@ def _grid(header: dict[str, Any], buffers: dict[str, np.ndarray[Any, Any]]) -> d
         if patches is None or delta_parts or patches.shape[:2] != (gh, gw):
             raise Malformed("grid", "a key update carries patches of shape (gh, gw, D) and no delta buffers")
     elif kind == "delta":
-        if "patches" in buffers or delta_parts != {"patch_index", "patch_values"}:
+        if "patches" in buffers or not {"patch_index", "patch_values"} <= delta_parts:
             raise Malformed("grid", "a delta update carries patch_index and patch_values, not patches")
         index, values = buffers["patch_index"], buffers["patch_values"]
         if values.ndim != 2 or values.shape[0] != index.shape[0]:
             raise Malformed("grid", "patch_values must be (K, D) for K indices")
+        bias = buffers.get("patch_bias")
+        if bias is not None and bias.shape != (values.shape[1],):
+            raise Malformed("grid", "patch_bias must be (D,)")
         if index.size and (int(index.min()) < 0 or int(index.max()) >= gh * gw):
             raise Malformed("grid", "patch_index out of range")
     elif "patches" in buffers or delta_parts:
