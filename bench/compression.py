@@ -59,7 +59,7 @@ def run_compression(grids: np.ndarray, ctx: np.ndarray, tau: float, skip: list[b
 
     comp = GridCompressor(tau=tau, keyframe_interval=100, scene_cut_share=0.5, wire_dtype="float16")
     dec = GridDecompressor()
-    n, gh, gw, _ = grids.shape
+    n = grids.shape[0]
     rebuilt = np.empty_like(grids, dtype=np.float16)
     cos_min, cos_sum = 1.0, 0.0
     bytes_comp = bytes_full = 0
