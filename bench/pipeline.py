@@ -51,7 +51,8 @@ def trim_video(src: Path, frames: int, out: Path) -> Path:
     return out
 
 
-def raw_fps(video: Path, models_dir: Path, max_batch: int, threads: int) -> dict[str, float]:
+def raw_fps(video: Path, models_dir: Path, max_batch: int, threads: int,
+            providers: tuple[str, ...] = ("cpu",)) -> dict[str, float]:
     """Frames/s of the models alone on in-memory decoded frames (and per-model ms per frame)."""
     from frametok.models.detector import Detector
     from frametok.models.encoder import Encoder
@@ -61,8 +62,8 @@ def raw_fps(video: Path, models_dir: Path, max_batch: int, threads: int) -> dict
 
     det_files = resolve_model("yolov8n", "detector", [models_dir], allow_online=False)
     enc_files = resolve_model("dinov2_vits14", "encoder", [models_dir], allow_online=False)
-    det = Detector(det_files.manifest, create_session(det_files, ("cpu",), threads))  # type: ignore[arg-type]
-    enc = Encoder(enc_files.manifest, create_session(enc_files, ("cpu",), threads))  # type: ignore[arg-type]
+    det = Detector(det_files.manifest, create_session(det_files, providers, threads))  # type: ignore[arg-type]
+    enc = Encoder(enc_files.manifest, create_session(enc_files, providers, threads))  # type: ignore[arg-type]
     frames = [f.frame_rgb for f in decode_frames(str(video))]
     det_batch = np.empty((max_batch, 3, *det.input_hw), np.float32)
     enc_batch = np.empty((max_batch, 3, *enc.input_hw), np.float32)
@@ -89,6 +90,7 @@ def raw_fps(video: Path, models_dir: Path, max_batch: int, threads: int) -> dict
     total = time.perf_counter() - t0
     n = len(frames)
     return {
+        "providers": det.session.get_providers()[0],
         "frames": n,
         "fps": n / total,
         "models_only_fps": n / (t_det + t_enc),
@@ -130,16 +132,19 @@ def _peak_rss(root_pid: int, peaks: dict[str, float], stop: threading.Event) -> 
         stop.wait(0.25)
 
 
-def pipeline_fps(video: Path, models_dir: Path, streams: int, max_batch: int, threads: int) -> dict[str, Any]:
-    from frametok import Subscriber, TokenPacket
+def pipeline_fps(video: Path, models_dir: Path, streams: int, max_batch: int, threads: int,
+                 providers: tuple[str, ...] = ("cpu",)) -> dict[str, Any]:
+    from frametok import StreamInfo, Subscriber, TokenPacket
 
     endpoint = _free_endpoint()
     args = [sys.executable, "-m", "frametok", "run", "--models", str(models_dir), "--publish", endpoint,
-            "--wait-subscribers", "1", "--no-progress", "--max-batch", str(max_batch), "--threads", str(threads)]
+            "--wait-subscribers", "1", "--no-progress", "--max-batch", str(max_batch), "--threads", str(threads),
+            "--providers", ",".join(providers)]
     for i in range(streams):
         args += ["--source", f"s{i}={video}"]
     times: list[float] = []
     per_stream: dict[str, int] = {}
+    used: dict[str, list[str]] = {}
     peaks: dict[str, float] = {}
     stop = threading.Event()
     with Subscriber(endpoint, timeout_s=600) as sub:
@@ -147,6 +152,8 @@ def pipeline_fps(video: Path, models_dir: Path, streams: int, max_batch: int, th
         sampler = threading.Thread(target=_peak_rss, args=(proc.pid, peaks, stop), daemon=True)
         sampler.start()
         for msg in sub:
+            if isinstance(msg, StreamInfo):
+                used = {role: list(m.get("providers", [])) for role, m in msg.models.items()}
             if isinstance(msg, TokenPacket):
                 times.append(time.perf_counter())
                 per_stream[msg.stream_id] = per_stream.get(msg.stream_id, 0) + 1
@@ -160,7 +167,7 @@ def pipeline_fps(video: Path, models_dir: Path, streams: int, max_batch: int, th
     for key, mb in peaks.items():
         role = key.split(":")[0]
         by_role[role] = max(by_role.get(role, 0.0), round(mb, 1))
-    return {"packets": len(times), "per_stream": per_stream, "fps": fps, "peak_rss_mb": by_role,
+    return {"packets": len(times), "per_stream": per_stream, "fps": fps, "peak_rss_mb": by_role, "providers": used,
             "summary": out.strip().splitlines()[-1] if out.strip() else ""}
 
 
@@ -172,17 +179,19 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=200, help="frames per stream (the video is trimmed)")
     parser.add_argument("--max-batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: one per core)")
+    parser.add_argument("--providers", default="cpu", help="execution providers in order, e.g. tensorrt,cuda,cpu")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="frametok-bench-") as tmp:
         os.environ.setdefault("FRAMETOK_CACHE", str(Path(tmp) / "cache"))
         clip = trim_video(args.video, args.frames, Path(tmp) / "clip.mp4")
-        raw_before = raw_fps(clip, args.models, args.max_batch, args.threads)
+        providers = tuple(args.providers.split(","))
+        raw_before = raw_fps(clip, args.models, args.max_batch, args.threads, providers)
         results: dict[str, Any] = {}
         for count in (int(s) for s in args.streams.split(",")):
-            results[str(count)] = pipeline_fps(clip, args.models, count, args.max_batch, args.threads)
+            results[str(count)] = pipeline_fps(clip, args.models, count, args.max_batch, args.threads, providers)
             print(f"{count} stream(s): {results[str(count)]['fps']:.2f} fps", file=sys.stderr)
-        raw_after = raw_fps(clip, args.models, args.max_batch, args.threads)
-    raw = {k: (raw_before[k] + raw_after[k]) / 2 for k in raw_before}
+        raw_after = raw_fps(clip, args.models, args.max_batch, args.threads, providers)
+    raw: dict[str, Any] = {k: (v + raw_after[k]) / 2 if isinstance(v, float) else v for k, v in raw_before.items()}
     for res in results.values():
         res["ratio"] = round(res["fps"] / raw["fps"], 3)
         res["ratio_models_only"] = round(res["fps"] / raw["models_only_fps"], 3)
@@ -190,7 +199,7 @@ def main() -> None:
     print(json.dumps({
         "video": str(args.video), "frames_per_stream": args.frames, "max_batch": args.max_batch,
         "threads": args.threads, "cpus": os.cpu_count(),
-        "raw": {k: round(v, 2) for k, v in raw.items()},
+        "raw": {k: round(v, 2) if isinstance(v, float) else v for k, v in raw.items()},
         "raw_fps_before_after": [round(raw_before["fps"], 2), round(raw_after["fps"], 2)],
         "streams": results,
     }, indent=1))

@@ -88,13 +88,15 @@ class _Worker:
         model_infos: dict[str, Any] = {}
         if self.detector is not None:
             self.model_ids["detector"] = self.detector.manifest.model_id
-            model_infos["detector"] = self.detector.manifest.info()
+            model_infos["detector"] = {**self.detector.manifest.info(),
+                                       "providers": list(self.detector.session.get_providers())}
         if self.encoder is not None:
             self.model_ids["encoder"] = self.encoder.manifest.model_id
             ec = config.encoder
             assert ec is not None
             model_infos["encoder"] = {
                 **self.encoder.manifest.info(), "dtype": ec.dtype, "pool": ec.pool,
+                "providers": list(self.encoder.session.get_providers()),
                 "queries": list(queries.names) if queries else [],
                 "compression": {"tau": ec.tau, "keyframe_interval": ec.keyframe_interval} if ec.compress else None,
             }
