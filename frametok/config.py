@@ -18,6 +18,7 @@ __all__ = [
     "CurveConfig",
     "DetectorConfig",
     "EncoderConfig",
+    "PreviewConfig",
     "PublisherConfig",
     "QueryConfig",
     "SourceConfig",
@@ -171,6 +172,14 @@ class PublisherConfig(_Frozen):
         return self
 
 
+class PreviewConfig(_Frozen):
+    """A small JPEG of the frame in every packet, so viewers need no access to the source."""
+
+    enabled: bool = False
+    max_side: int = Field(384, ge=32, le=4096, description="longest side of the preview, in pixels")
+    quality: int = Field(70, ge=10, le=100, description="JPEG quality")
+
+
 class Config(_Frozen):
     """A whole ``frametok run``."""
 
@@ -179,6 +188,7 @@ class Config(_Frozen):
     encoder: EncoderConfig | None = EncoderConfig()
     worker: WorkerConfig = WorkerConfig()
     publisher: PublisherConfig = PublisherConfig()
+    preview: PreviewConfig = PreviewConfig()
     models_dir: str | None = Field(None, description="where named models are looked up (also FRAMETOK_MODELS)")
 
     @model_validator(mode="after")

@@ -81,6 +81,7 @@ _BUFFER_DTYPES: dict[str, tuple[str, ...]] = {
     "content": ("float16", "float32"),
     "query_ctx": ("float16", "float32"),
     "query_score": ("float32",),
+    "preview": ("uint8",),
 }
 
 
@@ -181,6 +182,7 @@ class TokenPacket:
     content_tokens: NDArray[Any] | None = None
     query_tokens: NDArray[Any] | None = None
     query_scores: NDArray[Any] | None = None
+    preview_jpeg: bytes | None = None
 
     def __post_init__(self) -> None:
         validate_stream_id(self.stream_id)
@@ -334,6 +336,8 @@ def encode(
             arrays.append(("content", message.content_tokens))
         if message.query_tokens is not None and message.query_scores is not None:
             arrays += [("query_ctx", message.query_tokens), ("query_score", message.query_scores)]
+        if message.preview_jpeg is not None:
+            arrays.append(("preview", np.frombuffer(message.preview_jpeg, np.uint8)))
     elif isinstance(message, StatusMessage):
         header.update(kind="status", state=message.state, detail=message.detail, t_ns=message.t_ns)
     elif isinstance(message, EndOfStream):
@@ -498,6 +502,7 @@ def _decode_frame(header: Mapping[str, Any], buffers: Mapping[str, NDArray[Any]]
             content_tokens=_expect(buffers, "content", 3) if "content" in buffers else None,
             query_tokens=None if query is None else query[0],
             query_scores=None if query is None else query[1],
+            preview_jpeg=_expect(buffers, "preview", 1).tobytes() if "preview" in buffers else None,
         )
     except ValueError as exc:
         raise ProtocolError(f"frame: {exc}") from exc

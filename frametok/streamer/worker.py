@@ -20,6 +20,7 @@ from ..models.session import ModelFiles, create_session
 from ..models.soft_tokens import QueryBank
 from ..packet import Detections, EndOfStream, StatusMessage, StreamInfo, Timestamps, TokenPacket, topic_for
 from .notices import EndNotice, EventNotice, FrameNotice, OpenNotice, RunContext, StatusNotice, set_process_name
+from .preview import make_preview
 from .publisher import Publisher
 from .queries import build_query_bank
 from .ring import FrameRing
@@ -65,6 +66,7 @@ class _Loaded:
     notice: FrameNotice
     letterbox: LetterboxInfo | None
     encoder_row: int  # -1: the encoder is skipped for this frame
+    preview_jpeg: bytes | None = None
 
 
 class _Worker:
@@ -189,6 +191,7 @@ class _Worker:
             if can_encode and st.soft.wants_encoder(view):  # type: ignore[union-attr]
                 self.encoder.preprocess(view, self.enc_batch[encoded])  # type: ignore[union-attr,index]
                 row = encoded
+            preview = make_preview(view, self.config.preview) if self.config.preview.enabled else None
             ok = ring.verify(notice.slot, version)
             ring.release(notice.slot, notice.seq)
             if not ok:
@@ -197,7 +200,7 @@ class _Worker:
                     st.soft.discard()
                 continue
             encoded += row >= 0
-            loaded.append(_Loaded(notice, letterbox, row))
+            loaded.append(_Loaded(notice, letterbox, row, preview))
         return loaded
 
     def process(self, batch: _Batch) -> None:
@@ -243,6 +246,7 @@ class _Worker:
                     content_tokens=soft.content,
                     query_tokens=soft.query_tokens,
                     query_scores=soft.query_scores,
+                    preview_jpeg=item.preview_jpeg,
                 ))
                 st.published += 1
             self.batches += 1

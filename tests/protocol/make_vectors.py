@@ -133,6 +133,8 @@ def content(message: Message) -> dict[str, Any]:
         if message.query_tokens is not None and message.query_scores is not None:
             buffers["query_ctx"] = array_content(np.asarray(message.query_tokens))
             buffers["query_score"] = array_content(np.asarray(message.query_scores))
+        if message.preview_jpeg is not None:
+            buffers["preview"] = array_content(np.frombuffer(message.preview_jpeg, np.uint8))
     elif isinstance(message, StatusMessage):
         out.update(kind="status", state=message.state, detail=message.detail, t_ns=message.t_ns)
     elif isinstance(message, EndOfStream):
@@ -268,7 +270,8 @@ def frame_grid_delta() -> TokenPacket:
 def frame_grid_skip() -> TokenPacket:
     rng = np.random.default_rng(22)
     return _grid_frame(2, 5, GridUpdate("skip", 2, (2, 3)),
-                       content_tokens=rng.standard_normal((1, 1, 8)).astype(np.float16))
+                       content_tokens=rng.standard_normal((1, 1, 8)).astype(np.float16),
+                       preview_jpeg=bytes.fromhex("ffd8ffe000104a46494600010100000100010000ffd9"))
 
 
 def worked_example() -> TokenPacket:
@@ -378,7 +381,8 @@ VALID: dict[str, tuple[Callable[[], Message], str]] = {
                        "two query tokens and scores"),
     "frame_grid_delta": (frame_grid_delta, "frame (1.1): a delta: every patch moved by patch_bias, then patches "
                          "1 and 5 of the 2x3 grid replaced"),
-    "frame_grid_skip": (frame_grid_skip, "frame (1.1): the encoder was skipped, the grid is unchanged"),
+    "frame_grid_skip": (frame_grid_skip, "frame (1.1): the encoder was skipped, the grid is unchanged; "
+                        "a preview (the bytes of a tiny JPEG file)"),
 }
 
 INVALID: dict[str, tuple[Callable[[], Message], Callable[[Parts], Parts], str, str]] = {

@@ -201,10 +201,9 @@ def _frame(header: dict[str, Any], buffers: dict[str, np.ndarray[Any, Any]]) -> 
             if arr.ndim != ndim or dtype_name is None:
                 raise Malformed("tokens", f"{name} has shape {arr.shape} and dtype {arr.dtype}")
             out[name] = _array(arr, dtype_name)
-    for name in ("patch_index", "query_score"):
+    for name, want in (("patch_index", "int32"), ("query_score", "float32"), ("preview", "uint8")):
         if name in buffers:
             arr = buffers[name]
-            want = "int32" if name == "patch_index" else "float32"
             if arr.ndim != 1 or arr.dtype != DTYPES[want]:
                 raise Malformed("tokens", f"{name} has shape {arr.shape} and dtype {arr.dtype}")
             out[name] = _array(arr, want)

@@ -101,6 +101,21 @@ def test_long_video_loses_nothing_while_a_slow_live_subscriber_loses_alone(
     print(output.strip().splitlines()[-1])
 
 
+def test_previews(shared_media: Path, shared_models: Path, endpoint: str) -> None:
+    messages, output, code = run_and_collect(
+        ["--source", f"clip={shared_media / 'vtest_small_3s.mp4'}", "--models", str(shared_models),
+         "--encoder", "none", "--preview"], endpoint)
+    assert code == 0, output
+    import cv2
+
+    frames = _frames(messages)
+    assert len(frames) == 30
+    for p in frames:
+        assert p.preview_jpeg is not None and p.preview_jpeg[:2] == b"\xff\xd8"
+        img = cv2.imdecode(np.frombuffer(p.preview_jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape == (288, 384, 3)  # 384x288 fits in the default 384 max side: not resized
+
+
 def test_two_sources_one_worker(shared_media: Path, shared_models: Path, synthetic_video: Path, endpoint: str) -> None:
     messages, output, code = run_and_collect(
         ["--source", f"a={shared_media / 'vtest_small_3s.mp4'}", "--source", f"b={synthetic_video}",
