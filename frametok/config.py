@@ -58,11 +58,57 @@ class SourceConfig(_Frozen):
         None, description="file: every frame, back-pressure; live: newest frame wins (default by kind)"
     )
     slots: int = Field(4, ge=2, le=64, description="frames in the source's shared-memory ring")
+    fps: float | None = Field(
+        None, gt=0.0, le=1000.0,
+        description="image folders: the frame rate that gives each image its pts_s (None: no pts); "
+        "cameras: the frame rate to ask the camera for",
+    )
+    stall_timeout_s: float = Field(
+        5.0, gt=0.0, le=3600.0, description="cameras and network streams: no frame for this long is a stall"
+    )
+    open_timeout_s: float = Field(10.0, gt=0.0, le=3600.0, description="how long opening a source may take")
+    reconnect: bool | None = Field(
+        None, description="reopen a camera or network stream that fails, stalls or ends, with capped exponential "
+        "backoff (default: yes for cameras and network streams; files and images never reconnect)",
+    )
+    reconnect_initial_s: float = Field(0.5, gt=0.0, le=3600.0, description="first wait before reopening")
+    reconnect_max_s: float = Field(10.0, gt=0.0, le=3600.0, description="the wait doubles up to this")
+    reconnect_attempts: int = Field(
+        0, ge=0, description="give up (status offline, end of stream) after this many failed attempts in a row "
+        "(0: never give up)",
+    )
+    end_on_eof: bool = Field(
+        False, description="network streams: the server closing the stream ends it (end-of-stream) instead of "
+        "being a stall to reconnect from",
+    )
+    options: dict[str, str] = Field(
+        default_factory=dict, description="network streams: FFmpeg options, e.g. {rtsp_transport: tcp}"
+    )
 
     @field_validator("id")
     @classmethod
     def _valid_id(cls, value: str) -> str:
         return validate_stream_id(value)
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _camera_index(cls, value: Any) -> Any:
+        """``uri: 0`` in YAML is the camera index 0, not an error."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _live_options(self) -> SourceConfig:
+        kind = self.kind
+        if self.reconnect and kind not in ("camera", "network"):
+            raise ValueError(f"source {self.id!r}: reconnect applies to cameras and network streams, not {kind}")
+        if self.end_on_eof and kind != "network":
+            raise ValueError(f"source {self.id!r}: end_on_eof applies to network streams, not {kind}")
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError(
+                f"source {self.id!r}: reconnect_max_s ({self.reconnect_max_s}) is below reconnect_initial_s "
+                f"({self.reconnect_initial_s})"
+            )
+        return self
 
     @property
     def kind(self) -> SourceKind:
@@ -74,12 +120,30 @@ class SourceConfig(_Frozen):
             return self.policy
         return "live" if self.kind in ("camera", "network") else "file"
 
+    @property
+    def effective_reconnect(self) -> bool:
+        """Whether the source is reopened when it fails, stalls or (network, unless end_on_eof) ends."""
+        if self.reconnect is not None:
+            return self.reconnect
+        return self.kind in ("camera", "network")
+
+
+class TrackerConfig(_Frozen):
+    """ByteTrack over each stream's detections: ``track_id`` in every packet (-1: not tracked yet)."""
+
+    enabled: bool = True
+    activation_threshold: float = Field(0.25, gt=0.0, le=1.0, description="score that starts a track")
+    lost_track_buffer: int = Field(60, ge=0, le=100000, description="frames (at 30 fps) a lost track is kept")
+    matching_threshold: float = Field(0.9, gt=0.0, le=1.0)
+    min_consecutive_frames: int = Field(1, ge=1, le=1000)
+
 
 class DetectorConfig(_Frozen):
     model: str = Field("yolov8n", min_length=1, description="registry name, or path to .onnx / manifest .json")
     conf_threshold: float = Field(0.25, gt=0.0, lt=1.0)
     iou_threshold: float = Field(0.7, gt=0.0, le=1.0)
     max_det: int = Field(300, ge=1, le=10000)
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig)
 
 
 class QueryConfig(_Frozen):

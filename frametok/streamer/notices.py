@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from .ring import RingSpec
 
 __all__ = [
-    "EndNotice", "EventNotice", "FrameNotice", "OpenNotice", "RunContext", "StatusNotice", "set_process_name",
+    "EndNotice", "EventNotice", "FrameNotice", "OpenNotice", "RunContext", "StatusNotice", "die_with_parent",
+    "set_process_name",
 ]
 
 
@@ -21,6 +25,22 @@ def set_process_name(name: str) -> None:
         libc.prctl(15, name.encode()[:15] + b"\0", 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+def die_with_parent() -> None:
+    """Linux: SIGKILL this process when the process that started it exits (``PR_SET_PDEATHSIG``)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # the supervisor died before we got here
+        os._exit(1)
 
 
 @dataclass(frozen=True)

@@ -113,9 +113,11 @@ class Publisher:
             self.poll_subscriptions(100)
         return True
 
-    def close(self) -> None:
+    def close(self, drain_s: float = _DRAIN_S) -> None:
+        """Close the sockets, first waiting up to ``drain_s`` for lossless subscribers to take what
+        they were sent (a run stopped by the user drains briefly, one that ended drains fully)."""
         if self.lossless is not None:
-            self.lossless.drain(_DRAIN_S)
+            self.lossless.drain(drain_s)
             self.lossless.socket.close()
         self.socket.close()
         if self._auth is not None:

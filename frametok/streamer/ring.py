@@ -180,6 +180,11 @@ class FrameRing:
                 return None
             time.sleep(poll_s)
 
+    def taken(self, slot: int, seq: int) -> bool:
+        """Has the worker claimed or released frame ``seq`` in ``slot``, or was it overwritten since?"""
+        row = self.header[slot]
+        return bool(row[_CLAIMED] == seq or row[_RELEASED] == seq or row[_FRAME_SEQ] != seq)
+
     def all_released(self) -> bool:
         """True when the worker has finished with every frame written so far."""
         h = self.header

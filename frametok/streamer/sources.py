@@ -1,10 +1,24 @@
-"""Video sources: decode frames (RGB, with pts and capture time) from files and streams with PyAV."""
+"""Video sources: decode frames (RGB, with pts and capture time) from files, network streams, cameras
+and image folders.
+
+* files and network streams (rtsp/rtmp/http(s)/tcp/udp/srt): PyAV, with open and read timeouts
+  (FFmpeg's interrupt callback) so that no read blocks for longer than the source's stall timeout;
+* cameras (``0``, ``/dev/video0``): OpenCV ``VideoCapture``;
+* image folders and globs (``frames/``, ``frames/*.jpg``): each image one frame, in natural sort order
+  (``2.jpg`` before ``10.jpg``), with ``pts_s = index / fps`` when a frame rate is given.
+
+``t_capture_ns`` is when the frame arrived for cameras and network streams (its packet was read from the
+socket, or the camera handed it over), and when it was decoded for files and images.
+"""
 
 from __future__ import annotations
 
+import glob
+import logging
 import re
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,12 +29,31 @@ from numpy.typing import NDArray
 from ..config import source_kind
 from ..errors import SourceError
 
-__all__ = ["DecodedFrame", "SourceProbe", "decode_frames", "probe_source", "redact_uri"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DecodedFrame",
+    "SourceProbe",
+    "SourceStalled",
+    "camera_device",
+    "check_camera",
+    "decode_frames",
+    "image_files",
+    "probe_source",
+    "redact_uri",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 
 
 def redact_uri(uri: str) -> str:
     """``uri`` without a password (``rtsp://user:secret@host`` -> ``rtsp://user:***@host``)."""
     return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.\-]*://[^/@:]*):[^/@]*@", r"\1:***@", uri)
+
+
+class SourceStalled(SourceError):
+    """A network stream delivered nothing for its read timeout (the connection may still be open)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +74,23 @@ class SourceProbe:
     frames: int | None
 
 
-def _open_container(uri: str, timeout_s: float) -> Any:
+# --------------------------------------------------------------------------- PyAV: files and network streams
+
+
+def _ffmpeg_options(uri: str, timeout_s: float, extra: Mapping[str, str] | None) -> dict[str, str]:
+    """Socket timeouts (microseconds) for a network URL, then the user's own options on top."""
+    options: dict[str, str] = {}
+    scheme = uri.split("://", 1)[0].lower()
+    micros = str(int(timeout_s * 1e6))
+    options["rw_timeout"] = micros
+    if not scheme.startswith("rtmp"):  # rtmp's "timeout" is a listen timeout (and turns on listen mode)
+        options["timeout"] = micros
+    options.update(extra or {})
+    return options
+
+
+def _open_container(uri: str, timeout_s: float, read_timeout_s: float | None = None,
+                    options: Mapping[str, str] | None = None) -> Any:
     import av
 
     kind = source_kind(uri)
@@ -51,11 +100,9 @@ def _open_container(uri: str, timeout_s: float) -> Any:
             raise SourceError(f"video file not found: {uri}")
         if path.is_dir():
             raise SourceError(f"{uri} is a folder, not a video file")
-    options = {}
-    if kind == "network":
-        options = {"rw_timeout": str(int(timeout_s * 1e6)), "timeout": str(int(timeout_s * 1e6))}
+    opts = _ffmpeg_options(uri, read_timeout_s or timeout_s, options) if kind == "network" else dict(options or {})
     try:
-        container = av.open(uri, mode="r", options=options, timeout=timeout_s)
+        container = av.open(uri, mode="r", options=opts, timeout=(timeout_s, read_timeout_s or timeout_s))
     except av.FFmpegError as exc:
         raise SourceError(f"cannot open {redact_uri(uri)} as a video: {exc}") from exc
     except OSError as exc:
@@ -73,23 +120,36 @@ def _pts_seconds(frame: Any, stream: Any) -> float | None:
     return float(frame.pts * base) if base is not None else None
 
 
-def decode_frames(uri: str, timeout_s: float = 10.0) -> Iterator[DecodedFrame]:
-    """Decode every frame of ``uri`` in order; the container is closed when the generator is."""
+def _av_frames(uri: str, timeout_s: float, read_timeout_s: float | None,
+               options: Mapping[str, str] | None) -> Iterator[DecodedFrame]:
     import av
 
-    container = _open_container(uri, timeout_s)
+    network = source_kind(uri) == "network"
+    container = _open_container(uri, timeout_s, read_timeout_s, options)
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # frame threading holds back a frame per thread: fine for files, latency for live streams
+        stream.thread_type = "SLICE" if network else "AUTO"
+        arrivals: dict[int, int] = {}  # packet pts -> when it was read (network: the frame's capture time)
         index = 0
         try:
-            for frame in container.decode(stream):
-                t_capture = time.time_ns()
-                rgb = frame.to_ndarray(format="rgb24")
-                yield DecodedFrame(index, _pts_seconds(frame, stream), rgb, t_capture, time.time_ns())
-                index += 1
+            for packet in container.demux(stream):
+                t_arrival = time.time_ns()
+                if network and packet.pts is not None:
+                    arrivals[packet.pts] = t_arrival
+                    while len(arrivals) > 64:
+                        arrivals.pop(next(iter(arrivals)))
+                for frame in packet.decode():
+                    t_decoded = time.time_ns()
+                    t_capture = arrivals.pop(frame.pts, t_arrival) if network else t_decoded
+                    rgb = frame.to_ndarray(format="rgb24")
+                    yield DecodedFrame(index, _pts_seconds(frame, stream), rgb, min(t_capture, t_decoded),
+                                       time.time_ns())
+                    index += 1
+        except av.ExitError as exc:  # the read timeout (FFmpeg's interrupt callback)
+            raise SourceStalled(f"no data from {redact_uri(uri)} for {read_timeout_s or timeout_s:g} s") from exc
         except av.FFmpegError as exc:
-            raise SourceError(f"decoding {uri} failed after {index} frames: {exc}") from exc
+            raise SourceError(f"reading {redact_uri(uri)} failed after {index} frames: {exc}") from exc
     finally:
         container.close()
 
@@ -110,3 +170,113 @@ def probe_source(uri: str, timeout_s: float = 10.0) -> SourceProbe:
         return SourceProbe((first.width, first.height), fps, frames)
     finally:
         container.close()
+
+
+# --------------------------------------------------------------------------- cameras (OpenCV)
+
+
+def camera_device(uri: str) -> int | str:
+    """What OpenCV opens for a camera URI: an index for ``0``, the device path for ``/dev/video0``."""
+    return int(uri) if uri.isdigit() else uri
+
+
+def check_camera(uri: str) -> None:
+    """Fail fast when a camera cannot exist here (Linux: no such ``/dev/video*`` device)."""
+    if not sys.platform.startswith("linux"):
+        return  # opened (and retried) by the producer
+    device = camera_device(uri)
+    path = Path(f"/dev/video{device}" if isinstance(device, int) else device)
+    if not path.exists():
+        present = sorted(glob.glob("/dev/video*"))
+        raise SourceError(f"camera {uri}: no device {path} (cameras here: {', '.join(present) or 'none'})")
+
+
+def _camera_frames(uri: str, timeout_s: float, read_timeout_s: float | None,
+                   fps: float | None) -> Iterator[DecodedFrame]:
+    import cv2
+
+    cap = cv2.VideoCapture(camera_device(uri))
+    try:
+        if not cap.isOpened():
+            raise SourceError(f"cannot open camera {uri}")
+        for prop, value in ((getattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC", None), timeout_s * 1000),
+                            (getattr(cv2, "CAP_PROP_READ_TIMEOUT_MSEC", None), (read_timeout_s or timeout_s) * 1000),
+                            (cv2.CAP_PROP_FPS, fps)):
+            if prop is not None and value:
+                cap.set(prop, float(value))  # best effort: not every backend knows every property
+        t_first: int | None = None
+        index = 0
+        while True:
+            if not cap.grab():
+                raise SourceError(f"camera {uri} stopped delivering frames after {index} frames")
+            t_capture = time.time_ns()
+            ok, bgr = cap.retrieve()
+            if not ok or bgr is None:
+                raise SourceError(f"camera {uri}: cannot retrieve frame {index}")
+            if bgr.ndim == 2:
+                code = cv2.COLOR_GRAY2RGB
+            else:
+                code = cv2.COLOR_BGRA2RGB if bgr.shape[2] == 4 else cv2.COLOR_BGR2RGB
+            rgb: NDArray[np.uint8] = np.ascontiguousarray(cv2.cvtColor(bgr, code), dtype=np.uint8)
+            t_first = t_capture if t_first is None else t_first
+            yield DecodedFrame(index, (t_capture - t_first) / 1e9, rgb, t_capture, time.time_ns())
+            index += 1
+    finally:
+        cap.release()
+
+
+# --------------------------------------------------------------------------- image folders and globs
+
+
+def _natural_key(path: Path) -> list[Any]:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(path))]
+
+
+def image_files(uri: str) -> list[Path]:
+    """The images of a folder (its image files, not recursive) or a glob (every file it matches), sorted
+    naturally (``frame2`` before ``frame10``)."""
+    folder = Path(uri)
+    if folder.is_dir():
+        files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    else:
+        files = [Path(p) for p in glob.glob(uri, recursive=True) if Path(p).is_file()]
+    return sorted(files, key=_natural_key)
+
+
+def _image_frames(uri: str, fps: float | None) -> Iterator[DecodedFrame]:
+    import cv2
+
+    files = image_files(uri)
+    if not files:
+        raise SourceError(f"no images in {uri}")
+    index = 0
+    for path in files:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            log.warning("skipping %s: not a readable image", path)
+            continue
+        t_decoded = time.time_ns()
+        rgb: NDArray[np.uint8] = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
+        yield DecodedFrame(index, index / fps if fps else None, rgb, t_decoded, time.time_ns())
+        index += 1
+    if index == 0:
+        raise SourceError(f"none of the {len(files)} files of {uri} is a readable image")
+
+
+# --------------------------------------------------------------------------- all kinds
+
+
+def decode_frames(uri: str, timeout_s: float = 10.0, *, read_timeout_s: float | None = None,
+                  fps: float | None = None, options: Mapping[str, str] | None = None) -> Iterator[DecodedFrame]:
+    """Decode every frame of ``uri`` in order; the source is closed when the generator is.
+
+    ``timeout_s`` bounds opening, ``read_timeout_s`` (default: ``timeout_s``) each read of a network
+    stream or camera; ``fps`` gives images their pts (cameras: the frame rate asked for); ``options``
+    are FFmpeg options for network streams. Raises :class:`SourceError` when the source fails.
+    """
+    kind = source_kind(uri)
+    if kind == "camera":
+        return _camera_frames(uri, timeout_s, read_timeout_s, fps)
+    if kind == "images":
+        return _image_frames(uri, fps)
+    return _av_frames(uri, timeout_s, read_timeout_s, options)

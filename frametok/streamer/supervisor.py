@@ -24,9 +24,9 @@ import zmq
 from ..config import Config, SourceConfig
 from ..errors import ConfigError, ModelError, PipelineError
 from ..models.registry import resolve_model
-from .notices import EventNotice, RunContext
+from .notices import EndNotice, EventNotice, RunContext
 from .producer import producer_main
-from .sources import probe_source
+from .sources import IMAGE_SUFFIXES, check_camera, image_files, probe_source
 from .worker import Models, worker_main
 
 __all__ = ["RunSummary", "prepare_models", "prepare_sources", "run_pipeline"]
@@ -85,22 +85,33 @@ def prepare_sources(config: Config) -> dict[str, str]:
 
 
 def _prepare_source(src: SourceConfig) -> str:
+    """What the producer opens for ``src``; raises PipelineError when it cannot work at all.
+
+    Files are probed (a frame decodes), image folders and globs must hold images, and a camera device
+    must exist; network streams are not opened here (a live source that is down is retried by its
+    producer, with backoff).
+    """
     from ..errors import SourceError
 
     kind = src.kind
-    if kind == "demo":
-        from ..demo import ensure_demo_clip
+    try:
+        if kind == "demo":
+            from ..demo import ensure_demo_clip
 
-        return str(ensure_demo_clip())
-    if kind == "file":
-        try:
-            probe_source(src.uri)
-        except SourceError as exc:
-            raise PipelineError(str(exc)) from exc
-        return src.uri
-    if kind == "network":
-        return src.uri
-    raise PipelineError(f"{kind} sources ({src.uri}) are not supported yet")
+            return str(ensure_demo_clip())
+        if kind == "file":
+            probe_source(src.uri, src.open_timeout_s)
+        elif kind == "images":
+            files = image_files(src.uri)
+            if not files:
+                raise SourceError(f"no images in {src.uri}" + (
+                    f" (images are files ending in {', '.join(sorted(IMAGE_SUFFIXES))})"
+                    if os.path.isdir(src.uri) else " (the pattern matches no file)"))
+        elif kind == "camera":
+            check_camera(src.uri)
+    except SourceError as exc:
+        raise PipelineError(str(exc)) from exc
+    return src.uri
 
 
 def prepare_models(config: Config, models_dirs: tuple[str, ...] = ()) -> Models:
@@ -147,6 +158,7 @@ def _stop_on_signals(stop: Any) -> Iterator[None]:
 
 
 def _shutdown(processes: list[BaseProcess], stop: Any) -> None:
+    """Set the stop flag, give every process a grace period, then terminate (and kill) stragglers."""
     stop.set()
     deadline = time.monotonic() + _STOP_GRACE_S
     for proc in processes:
@@ -159,6 +171,16 @@ def _shutdown(processes: list[BaseProcess], stop: Any) -> None:
         if proc.is_alive():
             proc.kill()
             proc.join(2.0)
+
+
+def _start(proc: BaseProcess) -> None:
+    """Start a child with SIGINT blocked, so that a Ctrl-C reaching the whole process group while the child
+    is still importing cannot kill it (the child ignores SIGINT first thing; the supervisor stops it)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def run_pipeline(
@@ -188,15 +210,19 @@ def run_pipeline(
         try:
             worker = spawn.Process(target=worker_main, name="frametok-worker",
                                    args=(config, models, run, stop, log_level))
-            worker.start()
+            _start(worker)
             processes.append(worker)
             _await_ready(events, worker, stop, on_event)
+            producers: dict[str, BaseProcess] = {}
             for src in config.sources:
+                if stop.is_set():
+                    break
                 proc = spawn.Process(target=producer_main, name=f"frametok-producer-{src.id}",
-                                     args=(src.id, uris[src.id], src.effective_policy, src.slots, run, stop, log_level))
-                proc.start()
+                                     args=(src, uris[src.id], run, stop, log_level))
+                _start(proc)
                 processes.append(proc)
-            _follow(events, worker, stop, summary, on_event)
+                producers[src.id] = proc
+            _follow(events, worker, producers, run, zctx, stop, summary, on_event)
         finally:
             summary.stopped = stop.is_set()  # set by a signal, not (yet) by our own shutdown
             _shutdown(processes, stop)
@@ -236,26 +262,72 @@ def _apply(ev: EventNotice, summary: RunSummary) -> None:
             summary.errors[ev.source] = str(data.get("detail", "error"))
     elif ev.event == "done":
         summary.packets.update({k: int(v) for k, v in data.get("packets", {}).items()})
+        for sid, dropped in data.get("dropped", {}).items():  # what the worker last heard, for producers
+            summary.dropped[sid] = max(summary.dropped.get(sid, 0), int(dropped))  # that could not report
         summary.bytes_sent = int(data.get("bytes_sent", 0))
         summary.model_time_s = float(data.get("model_time_s", 0.0))
     elif ev.event == "progress":
         summary.packets.update({k: int(v) for k, v in data.get("streams", {}).items()})
 
 
-def _follow(events: Any, worker: BaseProcess, stop: Any, summary: RunSummary,
-            on_event: Callable[[EventNotice], None] | None) -> None:
-    while not stop.is_set():
-        if events.poll(200):
-            ev: EventNotice = events.recv_pyobj()
-            _apply(ev, summary)
-            if on_event:
-                on_event(ev)
-            if ev.event == "done":
+class _ProducerWatch:
+    """Notices producers that died without saying goodbye (a crash in a decoder, the OOM killer): the
+    worker is told their stream ended with an error, so that the run goes on (and can end)."""
+
+    _GRACE_S = 1.0  # the goodbye of a producer that just exited may still be on its way
+
+    def __init__(self, producers: dict[str, BaseProcess], run: RunContext, zctx: Any) -> None:
+        self.producers = dict(producers)
+        self.ended: set[str] = set()
+        self.dead_since: dict[str, float] = {}
+        self.run, self.zctx = run, zctx
+        self.sock: Any = None
+
+    def check(self, summary: RunSummary) -> None:
+        now = time.monotonic()
+        for sid, proc in self.producers.items():
+            if sid in self.ended or proc.is_alive():
+                continue
+            since = self.dead_since.setdefault(sid, now)
+            if now - since < self._GRACE_S:
+                continue
+            self.ended.add(sid)
+            detail = f"producer process died (exit code {proc.exitcode})"
+            log.error("source %s: %s", sid, detail)
+            summary.errors[sid] = detail
+            if self.sock is None:
+                self.sock = self.zctx.socket(zmq.PUSH)
+                self.sock.setsockopt(zmq.LINGER, 1000)
+                self.sock.connect(self.run.frames_endpoint)
+            self.sock.send_pyobj(EndNotice(sid, 0, "error", detail))
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+
+def _follow(events: Any, worker: BaseProcess, producers: dict[str, BaseProcess], run: RunContext, zctx: Any,
+            stop: Any, summary: RunSummary, on_event: Callable[[EventNotice], None] | None) -> None:
+    watch = _ProducerWatch(producers, run, zctx)
+    try:
+        while not stop.is_set():
+            if events.poll(200):
+                ev: EventNotice = events.recv_pyobj()
+                _apply(ev, summary)
+                if ev.event == "producer_end":
+                    watch.ended.add(ev.source)
+                if on_event:
+                    on_event(ev)
+                if ev.event == "done":
+                    return
+                continue
+            if not worker.is_alive():
+                if worker.exitcode != 0:
+                    raise PipelineError(f"worker exited with code {worker.exitcode}")
                 return
-        elif not worker.is_alive():
-            if worker.exitcode != 0:
-                raise PipelineError(f"worker exited with code {worker.exitcode}")
-            return
+            watch.check(summary)
+    finally:
+        watch.close()
 
 
 def _drain(events: Any, summary: RunSummary, on_event: Callable[[EventNotice], None] | None) -> None:
