@@ -80,6 +80,8 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, role)
         if value is not None:
             over[role] = None if value.lower() == "none" else {"model": value}
+    if args.no_track and over.get("detector", {}) is not None:
+        over.setdefault("detector", {})["tracker"] = {"enabled": False}
     described = _described_encoder(args)
     if described:
         over["encoder"] = {"model": described}
@@ -252,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", choices=["file", "live"], help="delivery policy of the --source entries")
     run.add_argument("--publish", metavar="ENDPOINT", help="ZeroMQ endpoint to publish on, e.g. tcp://127.0.0.1:5555")
     run.add_argument("--detector", metavar="MODEL", help="detector: registry name, .onnx path, or 'none'")
+    run.add_argument("--no-track", action="store_true", help="no track ids (ByteTrack runs on detections by default)")
     run.add_argument("--encoder", metavar="MODEL", help="encoder: registry name, .onnx path, or 'none'")
     run.add_argument("--encoder-mean", type=_floats3, metavar="R,G,B", help="describe a manifest-less encoder .onnx")
     run.add_argument("--encoder-std", type=_floats3, metavar="R,G,B")

@@ -13,13 +13,23 @@ import numpy as np
 import zmq
 
 from ..config import Config
-from ..errors import FrametokError
+from ..errors import ConfigError, FrametokError
 from ..models.detector import Detector, LetterboxInfo
 from ..models.encoder import Encoder
 from ..models.session import ModelFiles, create_session
 from ..models.soft_tokens import QueryBank
+from ..models.tracking import Tracker
 from ..packet import Detections, EndOfStream, StatusMessage, StreamInfo, Timestamps, TokenPacket, topic_for
-from .notices import EndNotice, EventNotice, FrameNotice, OpenNotice, RunContext, StatusNotice, set_process_name
+from .notices import (
+    EndNotice,
+    EventNotice,
+    FrameNotice,
+    OpenNotice,
+    RunContext,
+    StatusNotice,
+    die_with_parent,
+    set_process_name,
+)
 from .preview import make_preview
 from .publisher import Publisher
 from .queries import build_query_bank
@@ -28,9 +38,14 @@ from .tokens import SoftTokens, SoftTokenStream
 
 __all__ = ["Models", "worker_main"]
 
+_ENDED_DRAIN_S = 30.0  # every stream ended: lossless subscribers get everything
+_STOPPED_DRAIN_S = 1.5  # stopped (Ctrl-C, SIGTERM): stop promptly
+
 log = logging.getLogger(__name__)
 
 _PROGRESS_EVERY_S = 0.5
+_DEFAULT_TRACK_FPS = 30.0  # the tracker's frame rate when the source gives none
+_TRACK_RESET_STATES = frozenset({"reconnecting", "offline"})
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,7 @@ class _Stream:
     policy: str
     ring: FrameRing | None = None
     soft: SoftTokenStream | None = None
+    tracker: Tracker | None = None
     published: int = 0
     dropped: int = 0
     discarded: int = 0
@@ -104,9 +120,12 @@ class _Worker:
             }
         self.streams = {
             s.id: _Stream(s.id, s.effective_policy,
-                          soft=SoftTokenStream(config.encoder, queries) if self.encoder and config.encoder else None)
+                          soft=SoftTokenStream(config.encoder, queries) if self.encoder and config.encoder else None,
+                          tracker=self._tracker_for(s.fps))
             for s in config.sources
         }
+        if self.detector is not None and config.detector is not None and config.detector.tracker.enabled:
+            model_infos["tracker"] = {"kind": "bytetrack", **config.detector.tracker.model_dump(exclude={"enabled"})}
         infos = {s.id: StreamInfo(s.id, s.effective_policy, model_infos) for s in config.sources}  # type: ignore[arg-type]
         # batch buffers, allocated once
         n = wc.max_batch
@@ -124,6 +143,17 @@ class _Worker:
         self.frames_done = 0
         self.model_time_s = 0.0
         self._last_progress = 0.0
+
+    def _tracker_for(self, fps: float | None) -> Tracker | None:
+        dc = self.config.detector
+        if self.detector is None or dc is None or not dc.tracker.enabled:
+            return None
+        tc = dc.tracker
+        try:
+            return Tracker(fps or _DEFAULT_TRACK_FPS, tc.activation_threshold, tc.lost_track_buffer,
+                           tc.matching_threshold, tc.min_consecutive_frames)
+        except ValueError as exc:
+            raise ConfigError(f"detector.tracker: {exc}") from exc
 
     def _on_join(self, prefixes: Any) -> None:
         """A subscriber joined or lost sync: the next grid of its streams is a keyframe."""
@@ -143,8 +173,17 @@ class _Worker:
             st = self.streams[notice.stream_id]
             if st.ring is not None:
                 st.ring.close()
-            st.ring = FrameRing.attach(notice.ring)
+                st.ring = None
+            try:
+                st.ring = FrameRing.attach(notice.ring)
+            except (FileNotFoundError, ValueError) as exc:
+                # the producer already retired that ring (it reopened its source again): a newer
+                # OpenNotice follows; until then this stream's frame notices find no ring
+                log.warning("stream %s: cannot attach ring %s: %s", notice.stream_id, notice.ring.name, exc)
         elif isinstance(notice, StatusNotice):
+            st = self.streams[notice.stream_id]
+            if notice.state in _TRACK_RESET_STATES and st.tracker is not None:
+                st.tracker.reset()  # what follows a reconnect is not the same scene; ids are not reused
             self.publisher.publish(StatusMessage(notice.stream_id, notice.state, notice.detail, notice.t_ns))  # type: ignore[arg-type]
         elif isinstance(notice, EndNotice):
             batch.ends.append(notice)
@@ -212,6 +251,10 @@ class _Worker:
             if self.detector is not None and self.det_batch is not None:
                 raw = self.detector.infer(self.det_batch[:n])
                 dets = [self.detector.postprocess(raw[i], item.letterbox) for i, item in enumerate(loaded)]  # type: ignore[arg-type]
+                for i, item in enumerate(loaded):  # in frame order within each stream
+                    tracker = self.streams[item.notice.stream_id].tracker
+                    if tracker is not None and dets[i] is not None:
+                        dets[i] = tracker.update(dets[i])  # type: ignore[arg-type]
             m = sum(item.encoder_row >= 0 for item in loaded)
             enc = None
             if m and self.encoder is not None and self.enc_batch is not None:
@@ -293,7 +336,7 @@ class _Worker:
         for st in self.streams.values():
             if st.ring is not None:
                 st.ring.close()
-        self.publisher.close()
+        self.publisher.close(drain_s=_STOPPED_DRAIN_S if self.stop.is_set() else _ENDED_DRAIN_S)
         self.frames_in.close(0)
         self.events_out.close()
         self.ctx.term()
@@ -301,7 +344,11 @@ class _Worker:
 
 def worker_main(config: Config, models: Models, run: RunContext, stop: Event, log_level: int = logging.WARNING) -> None:
     """Entry point of the worker process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+    # the supervisor decides when to stop (its stop flag), also when a Ctrl-C or SIGTERM reaches the
+    # whole process group; the kernel kills us if the supervisor itself dies
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent()
     set_process_name("frametok-worker")
     logging.basicConfig(level=log_level, format="%(levelname)s worker %(message)s")
     try:
