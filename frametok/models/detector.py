@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from ..packet import Detections
 from .manifest import DetectorManifest
+from .session import SessionRunner
 
 __all__ = ["Detector", "LetterboxInfo", "letterbox_into"]
 
@@ -56,6 +57,7 @@ class Detector:
     ) -> None:
         self.manifest = manifest
         self.session = session
+        self.runner = SessionRunner(session, manifest.input_name, manifest.output_name)
         self.conf_threshold = conf_threshold
         self.iou_threshold = iou_threshold
         self.max_det = max_det
@@ -85,10 +87,10 @@ class Detector:
         """Run the model on a preprocessed ``(B, 3, H, W)`` batch; returns ``(B, 4 + C, A)``."""
         man = self.manifest
         if man.batch == "dynamic" or batch.shape[0] == man.batch:
-            return np.asarray(self.session.run([man.output_name], {man.input_name: batch})[0])
+            return np.asarray(self.runner(batch))
         step = int(man.batch)
         outs = [
-            self.session.run([man.output_name], {man.input_name: batch[i : i + step]})[0]
+            self.runner(batch[i : i + step])
             for i in range(0, batch.shape[0], step)
         ]
         return np.concatenate(outs, axis=0)

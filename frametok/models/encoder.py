@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from ..errors import ModelError
 from .manifest import EncoderManifest
+from .session import SessionRunner
 
 __all__ = ["EncodedFrames", "Encoder"]
 
@@ -30,6 +31,7 @@ class Encoder:
     def __init__(self, manifest: EncoderManifest, session: Any) -> None:
         self.manifest = manifest
         self.session = session
+        self.runner = SessionRunner(session, manifest.input_name, manifest.output_name)
         m = manifest
         std = np.asarray(m.std, np.float32).reshape(3, 1, 1)
         self._scale: NDArray[np.float32] = np.float32(m.scale) / std
@@ -54,10 +56,10 @@ class Encoder:
         """Raw tokens ``(B, T, D)`` for a preprocessed batch ``(B, 3, H, W)``."""
         m = self.manifest
         if m.batch == "dynamic" or batch.shape[0] == m.batch:
-            return np.asarray(self.session.run([m.output_name], {m.input_name: batch})[0], np.float32)
+            return np.asarray(self.runner(batch), np.float32)
         step = int(m.batch)
         outs = [
-            self.session.run([m.output_name], {m.input_name: batch[i : i + step]})[0]
+            self.runner(batch[i : i + step])
             for i in range(0, batch.shape[0], step)
         ]
         return np.concatenate(outs, axis=0).astype(np.float32, copy=False)

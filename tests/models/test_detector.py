@@ -63,3 +63,26 @@ def test_letterbox_geometry() -> None:
     assert out.shape == (640, 640, 3)
     assert info.gain == pytest.approx(640 / 768) and info.pad_xy == (0.0, 80.0)
     assert (out[:80] == 114).all() and (out[80:560] == 0).all()
+
+
+def test_io_binding_gives_the_same_output(detector: Detector, shared_media: Path) -> None:
+    """The IO-binding path (used on CUDA/TensorRT) forced onto the CPU: same raw output as ``session.run``,
+    for two frames through one reused device buffer; on the CPU provider the plain path is the default."""
+    from frametok.models.session import SessionRunner
+
+    assert not detector.runner.bound
+    man = detector.manifest
+    bound = SessionRunner(detector.session, man.input_name, man.output_name, device="cpu")
+    assert bound.bound
+    img = cv2.cvtColor(cv2.imread(str(shared_media / "bus.jpg")), cv2.COLOR_BGR2RGB)
+    batch = np.empty((2, 3, *detector.input_hw), np.float32)
+    detector.preprocess(img, batch[0])
+    detector.preprocess(img[::-1].copy(), batch[1])
+    outs = []
+    for b in (batch[0:1], batch[1:2], batch[0:1]):  # the shared model has a fixed batch of 1
+        outs.append(bound(b))
+        np.testing.assert_allclose(outs[-1], detector.runner(b), rtol=1e-5, atol=1e-4)
+    assert not np.allclose(outs[0], outs[1])  # the buffer really took the second frame
+    assert len(bound._inputs) == 1  # one buffer per batch shape, reused
+    with pytest.raises(ValueError, match="device"):
+        SessionRunner(detector.session, man.input_name, man.output_name, device="tpu")
