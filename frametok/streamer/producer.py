@@ -200,6 +200,8 @@ class _Producer:
         self.base = 0  # frame index of the current connection's first frame
         self.stragglers: list[_Reader] = []
         self.state = ""
+        self.damage: deque[str] = deque()  # damaged parts the reader skipped, to report (files)
+        self.damaged = 0
 
     # ------------------------------------------------------------------ messages
 
@@ -307,7 +309,7 @@ class _Producer:
 
         def frames() -> Iterator[DecodedFrame]:
             return decode_frames(self.uri, src.open_timeout_s, read_timeout_s=read_timeout, fps=src.fps,
-                                 options=src.options)
+                                 options=src.options, on_damage=self.damage.append)
 
         return _Reader(frames, live=live, depth=2, name=f"read-{self.stream_id}")
 
@@ -343,6 +345,7 @@ class _Producer:
                     return "stopped", ""
             busy = self.pending is not None or self.outstanding is not None
             frame = reader.get(_PENDING_TICK_S if busy else _TICK_S)
+            self._report_damage()
             if frame is None:
                 if reader.finished:
                     if self.pending is not None:  # the stream is gone: its last frame is stale
@@ -408,6 +411,13 @@ class _Producer:
             if self.stop.wait(delay):
                 return "stopped", ""
 
+    def _report_damage(self) -> None:
+        """Damaged parts of a file the reader skipped: an ``error`` status each, naming the part; the next
+        frame decoded says ``online`` again."""
+        while self.damage:
+            self.damaged += 1
+            self.status("error", self.damage.popleft())
+
     # ------------------------------------------------------------------ lifecycle
 
     def main(self) -> None:
@@ -424,6 +434,7 @@ class _Producer:
             self.status("error", detail)
         finally:
             self._close_reader()
+            self._report_damage()
             if reason == "error" and self.state not in ("error", "offline", "stalled"):
                 self.status("error", detail)
             stopping = self.stop.is_set()
@@ -431,7 +442,7 @@ class _Producer:
                 self.frames_out.setsockopt(zmq.LINGER, 0)
             self.notify(EndNotice(self.stream_id, self.seq, reason, detail))
             self.event("producer_end", frames=self.seq, captured=self.captured, dropped=self.dropped,
-                       reason=reason, detail=detail)
+                       reason=reason, detail=detail, damaged=self.damaged)
             if self.ring is not None:
                 self._retire(self.ring)
             self.frames_out.close()

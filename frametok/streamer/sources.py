@@ -18,7 +18,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +121,8 @@ def _pts_seconds(frame: Any, stream: Any) -> float | None:
 
 
 def _av_frames(uri: str, timeout_s: float, read_timeout_s: float | None,
-               options: Mapping[str, str] | None) -> Iterator[DecodedFrame]:
+               options: Mapping[str, str] | None,
+               on_damage: Callable[[str], None] | None = None) -> Iterator[DecodedFrame]:
     import av
 
     network = source_kind(uri) == "network"
@@ -130,6 +131,9 @@ def _av_frames(uri: str, timeout_s: float, read_timeout_s: float | None,
         stream = container.streams.video[0]
         # frame threading holds back a frame per thread: fine for files, latency for live streams
         stream.thread_type = "SLICE" if network else "AUTO"
+        damage = None if network else _Damage(uri, stream, on_damage)
+        if damage is not None:  # a damaged packet raises (and is skipped) instead of being concealed
+            stream.codec_context.options = {"err_detect": "crccheck+bitstream+buffer+explode"}
         arrivals: dict[int, int] = {}  # packet pts -> when it was read (network: the frame's capture time)
         index = 0
         try:
@@ -139,19 +143,73 @@ def _av_frames(uri: str, timeout_s: float, read_timeout_s: float | None,
                     arrivals[packet.pts] = t_arrival
                     while len(arrivals) > 64:
                         arrivals.pop(next(iter(arrivals)))
-                for frame in packet.decode():
+                try:
+                    decoded = packet.decode()
+                except av.FFmpegError as exc:
+                    if damage is None:
+                        raise
+                    damage.bad(index, exc)
+                    continue
+                if damage is not None and decoded:
+                    damage.good(index)
+                for frame in decoded:
                     t_decoded = time.time_ns()
                     t_capture = arrivals.pop(frame.pts, t_arrival) if network else t_decoded
                     rgb = frame.to_ndarray(format="rgb24")
                     yield DecodedFrame(index, _pts_seconds(frame, stream), rgb, min(t_capture, t_decoded),
                                        time.time_ns())
                     index += 1
+            if damage is not None:
+                damage.finish(index)
         except av.ExitError as exc:  # the read timeout (FFmpeg's interrupt callback)
             raise SourceStalled(f"no data from {redact_uri(uri)} for {read_timeout_s or timeout_s:g} s") from exc
         except av.FFmpegError as exc:
             raise SourceError(f"reading {redact_uri(uri)} failed after {index} frames: {exc}") from exc
     finally:
         container.close()
+
+
+class _Damage:
+    """Damaged parts of a file: packets the decoder rejects are skipped (the next decodable frame goes on),
+    each damaged run is reported once to ``on_damage`` when decoding resumes, and a file that ends short
+    of the frames its container announced, or in damage, ends with a :class:`SourceError`."""
+
+    def __init__(self, uri: str, stream: Any, on_damage: Callable[[str], None] | None) -> None:
+        self.uri, self.on_damage = uri, on_damage
+        self.announced = int(stream.frames or 0)
+        self.skipped = 0  # packets skipped in all
+        self.run = 0  # packets skipped since the last good frame
+        self.first = 0  # frame index where the current run started
+        self.error = ""
+
+    def bad(self, index: int, exc: Exception) -> None:
+        if not self.run:
+            self.first = index
+        self.run += 1
+        self.skipped += 1
+        self.error = str(getattr(exc, "strerror", "") or exc)
+
+    def _report(self, text: str) -> None:
+        log.warning("%s", text)
+        if self.on_damage is not None:
+            self.on_damage(text)
+
+    def good(self, index: int) -> None:
+        if self.run:
+            self._report(f"{redact_uri(self.uri)}: damaged data after frame {self.first}: {self.run} "
+                         f"undecodable packet(s) skipped ({self.error})")
+        self.run = 0
+
+    def finish(self, index: int) -> None:
+        missing = self.announced - index - self.skipped if self.announced else 0
+        if missing > max(1, self.announced // 100):  # more than a lost packet or two: the file was cut short
+            raise SourceError(f"{redact_uri(self.uri)} is truncated: it ends after {index} frames, its container "
+                              f"announces {self.announced}")
+        if missing > 0:
+            self._report(f"{redact_uri(self.uri)}: {missing} frame(s) missing from the container")
+        if self.run:
+            raise SourceError(f"{redact_uri(self.uri)}: damaged data after frame {self.first} up to the end: "
+                              f"{self.run} undecodable packet(s) ({self.error})")
 
 
 def probe_source(uri: str, timeout_s: float = 10.0) -> SourceProbe:
@@ -267,16 +325,18 @@ def _image_frames(uri: str, fps: float | None) -> Iterator[DecodedFrame]:
 
 
 def decode_frames(uri: str, timeout_s: float = 10.0, *, read_timeout_s: float | None = None,
-                  fps: float | None = None, options: Mapping[str, str] | None = None) -> Iterator[DecodedFrame]:
+                  fps: float | None = None, options: Mapping[str, str] | None = None,
+                  on_damage: Callable[[str], None] | None = None) -> Iterator[DecodedFrame]:
     """Decode every frame of ``uri`` in order; the source is closed when the generator is.
 
     ``timeout_s`` bounds opening, ``read_timeout_s`` (default: ``timeout_s``) each read of a network
     stream or camera; ``fps`` gives images their pts (cameras: the frame rate asked for); ``options``
     are FFmpeg options for network streams. Raises :class:`SourceError` when the source fails.
+    ``on_damage`` (files): told of each damaged part that was skipped (the reader thread calls it).
     """
     kind = source_kind(uri)
     if kind == "camera":
         return _camera_frames(uri, timeout_s, read_timeout_s, fps)
     if kind == "images":
         return _image_frames(uri, fps)
-    return _av_frames(uri, timeout_s, read_timeout_s, options)
+    return _av_frames(uri, timeout_s, read_timeout_s, options, on_damage)

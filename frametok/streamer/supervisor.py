@@ -45,6 +45,7 @@ class RunSummary:
     packets: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    damaged: dict[str, int] = field(default_factory=dict)  # stream -> damaged parts skipped (files)
     seconds: float = 0.0
     stopped: bool = False
     bytes_sent: int = 0
@@ -65,6 +66,8 @@ class RunSummary:
         )
         if self.stopped:
             text += "; stopped early"
+        if self.damaged:
+            text += "; damaged input: " + ", ".join(f"{sid} ({n} part(s) skipped)" for sid, n in self.damaged.items())
         if self.errors:
             text += "; failed: " + ", ".join(f"{sid} ({err})" for sid, err in self.errors.items())
         return text
@@ -260,6 +263,8 @@ def _apply(ev: EventNotice, summary: RunSummary) -> None:
         summary.dropped[ev.source] = int(data.get("dropped", 0))
         if data.get("reason") == "error":
             summary.errors[ev.source] = str(data.get("detail", "error"))
+        if int(data.get("damaged", 0)):
+            summary.damaged[ev.source] = int(data["damaged"])
     elif ev.event == "done":
         summary.packets.update({k: int(v) for k, v in data.get("packets", {}).items()})
         for sid, dropped in data.get("dropped", {}).items():  # what the worker last heard, for producers
