@@ -76,6 +76,8 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         over.setdefault("publisher", {})["hwm"] = args.hwm
     if args.preview:
         over["preview"] = {"enabled": True}
+    if args.metrics_port is not None:
+        over["metrics"] = {"enabled": True, "port": args.metrics_port}
     for role in ("detector", "encoder"):
         value = getattr(args, role)
         if value is not None:
@@ -267,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lossless-endpoint", metavar="ENDPOINT", help="also serve lossless subscribers here")
     run.add_argument("--hwm", type=int, help="live: messages queued per subscriber before a slow one loses them")
     run.add_argument("--preview", action="store_true", help="put a small JPEG of the frame in every packet")
+    run.add_argument("--metrics-port", type=int, metavar="PORT",
+                     help="serve Prometheus metrics on this port (http://HOST:PORT/metrics; HOST: metrics.host)")
     run.add_argument("--echo", action="store_true", help="also print every packet (a built-in subscriber)")
     run.add_argument("--json", action="store_true", help="with --echo: JSON lines")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")

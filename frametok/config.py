@@ -18,6 +18,7 @@ __all__ = [
     "CurveConfig",
     "DetectorConfig",
     "EncoderConfig",
+    "MetricsConfig",
     "PreviewConfig",
     "PublisherConfig",
     "QueryConfig",
@@ -244,6 +245,14 @@ class PreviewConfig(_Frozen):
     quality: int = Field(70, ge=10, le=100, description="JPEG quality")
 
 
+class MetricsConfig(_Frozen):
+    """Prometheus metrics of a run, served over HTTP by the worker process (``/metrics``)."""
+
+    enabled: bool = False
+    host: str = Field("127.0.0.1", min_length=1, description="address to serve on (0.0.0.0: every interface)")
+    port: int = Field(9464, ge=1, le=65535, description="TCP port of the metrics endpoint")
+
+
 class Config(_Frozen):
     """A whole ``frametok run``."""
 
@@ -253,6 +262,7 @@ class Config(_Frozen):
     worker: WorkerConfig = WorkerConfig()
     publisher: PublisherConfig = PublisherConfig()
     preview: PreviewConfig = PreviewConfig()
+    metrics: MetricsConfig = MetricsConfig()
     models_dir: str | None = Field(None, description="where named models are looked up (also FRAMETOK_MODELS)")
 
     @model_validator(mode="after")

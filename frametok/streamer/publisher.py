@@ -45,6 +45,7 @@ class Publisher:
         self.subscriptions = 0
         self._seq: dict[str, int] = {}
         self.join_hooks: list[Callable[[Sequence[bytes]], None]] = []  # called with the topic prefixes joined
+        self.sent_hooks: list[Callable[[Message, int, int], None]] = []  # (message, bytes, t_publish_ns)
         self.sent = 0
         self.bytes_sent = 0
         self._auth = start_authenticator(ctx, config.curve.authorized_keys) if config.curve else None
@@ -74,12 +75,16 @@ class Publisher:
     def publish(self, message: Message) -> None:
         seq = self._seq.get(message.stream_id, 0)
         self._seq[message.stream_id] = seq + 1
-        frames = encode(message, seq, time.time_ns())
+        t_publish_ns = time.time_ns()
+        frames = encode(message, seq, t_publish_ns)
         self.socket.send_multipart(frames, copy=False)
         if self.lossless is not None:
             self.lossless.send(frames[0], frames)  # type: ignore[arg-type]
         self.sent += 1
-        self.bytes_sent += sum(len(f) if isinstance(f, bytes) else f.nbytes for f in frames)
+        nbytes = sum(len(f) if isinstance(f, bytes) else f.nbytes for f in frames)
+        self.bytes_sent += nbytes
+        for hook in self.sent_hooks:
+            hook(message, nbytes, t_publish_ns)
 
     def poll_subscriptions(self, timeout_ms: int = 0) -> int:
         """Handle (un)subscriptions and lossless control messages waiting; returns how many."""

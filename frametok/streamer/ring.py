@@ -225,6 +225,11 @@ class FrameRing:
         """Give ``slot`` back to the producer."""
         self.header[slot, _RELEASED] = seq
 
+    def pending(self) -> int:
+        """Frames written and not yet released by the worker (the source's queue depth)."""
+        h = self.header
+        return int(np.count_nonzero((h[:, _FRAME_SEQ] >= 0) & (h[:, _RELEASED] != h[:, _FRAME_SEQ])))
+
     def reset_worker_side(self) -> None:
         """Forget the claims of a worker that died (a new worker takes over)."""
         self.header[:, _CLAIMED] = -1

@@ -20,6 +20,7 @@ from ..models.session import ModelFiles, create_session
 from ..models.soft_tokens import QueryBank
 from ..models.tracking import Tracker
 from ..packet import Detections, EndOfStream, StatusMessage, StreamInfo, Timestamps, TokenPacket, topic_for
+from .metrics import MetricsServer, WorkerMetrics, serve_metrics
 from .notices import (
     EndNotice,
     EventNotice,
@@ -139,6 +140,11 @@ class _Worker:
         self.events_out.connect(run.events_endpoint)
         self.publisher = Publisher(self.ctx, config.publisher, infos)
         self.publisher.join_hooks.append(self._on_join)
+        self.metrics: WorkerMetrics | None = None
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics.enabled:
+            self.metrics, self.metrics_server = serve_metrics(config.metrics, self.streams, wc.max_batch)
+            self.publisher.sent_hooks.append(self.metrics.on_sent)
         self.batches = 0
         self.frames_done = 0
         self.model_time_s = 0.0
@@ -255,11 +261,16 @@ class _Worker:
                     tracker = self.streams[item.notice.stream_id].tracker
                     if tracker is not None and dets[i] is not None:
                         dets[i] = tracker.update(dets[i])  # type: ignore[arg-type]
+            t_det = time.perf_counter()
             m = sum(item.encoder_row >= 0 for item in loaded)
             enc = None
             if m and self.encoder is not None and self.enc_batch is not None:
                 enc = self.encoder.split(self.encoder.infer(self.enc_batch[:m]))
-            self.model_time_s += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            self.model_time_s += t1 - t0
+            if self.metrics is not None:
+                self.metrics.on_batch(n, t_det - t0 if self.detector is not None else None,
+                                      t1 - t_det if enc is not None else None, self.streams)
             t_infer = time.time_ns()
             for i, item in enumerate(loaded):
                 notice = item.notice
@@ -337,6 +348,8 @@ class _Worker:
             if st.ring is not None:
                 st.ring.close()
         self.publisher.close(drain_s=_STOPPED_DRAIN_S if self.stop.is_set() else _ENDED_DRAIN_S)
+        if self.metrics_server is not None:  # served until the end, lossless drain included
+            self.metrics_server.close()
         self.frames_in.close(0)
         self.events_out.close()
         self.ctx.term()
