@@ -1,4 +1,4 @@
-"""The ``frametok`` command line: run, subscribe, export, models."""
+"""The ``frametok`` command line: run, subscribe, view, export, models."""
 
 from __future__ import annotations
 
@@ -78,6 +78,8 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         over["preview"] = {"enabled": True}
     if args.metrics_port is not None:
         over["metrics"] = {"enabled": True, "port": args.metrics_port}
+    if args.health_port is not None:
+        over["health"] = {"enabled": True, "port": args.health_port}
     for role in ("detector", "encoder"):
         value = getattr(args, role)
         if value is not None:
@@ -123,7 +125,7 @@ def _echo_thread(endpoint: str, as_json: bool, done: threading.Event) -> threadi
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .streamer.progress import ProgressView
-    from .streamer.supervisor import prepare_models, prepare_sources, run_pipeline
+    from .streamer.supervisor import check_endpoints, prepare_models, prepare_sources, run_pipeline
 
     overrides = _run_overrides(args)
     if args.config is None and "sources" not in overrides:
@@ -133,7 +135,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         current = overrides["publisher"].get("wait_subscribers", 0)
         overrides["publisher"]["wait_subscribers"] = max(1, current)
     config = load_config(args.config, overrides)
-    prepare_sources(config)  # fail fast, before models are exported or loaded
+    check_endpoints(config)  # fail fast, before models are exported or loaded
+    prepare_sources(config)
     models = prepare_models(config, tuple(args.models or ()))
     level = logging.INFO if args.verbose else logging.WARNING
     done = threading.Event()
@@ -175,6 +178,18 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         if gaps or sub.malformed:
             print(f"frametok subscribe: {packets} packets; gaps {gaps or 'none'}; malformed {sub.malformed}",
                   file=sys.stderr)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- view
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from .viewer import ViewerServer
+
+    with ViewerServer(args.endpoint, host=args.host, port=args.port, streams=args.stream or None) as viewer:
+        print(f"frametok view: {viewer.url} shows {args.endpoint} (Ctrl-C to stop)", flush=True)
+        viewer.wait()
     return EXIT_OK
 
 
@@ -271,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preview", action="store_true", help="put a small JPEG of the frame in every packet")
     run.add_argument("--metrics-port", type=int, metavar="PORT",
                      help="serve Prometheus metrics on this port (http://HOST:PORT/metrics; HOST: metrics.host)")
+    run.add_argument("--health-port", type=int, metavar="PORT",
+                     help="serve liveness and stream state on this port (GET /healthz, /streams; HOST: health.host)")
     run.add_argument("--echo", action="store_true", help="also print every packet (a built-in subscriber)")
     run.add_argument("--json", action="store_true", help="with --echo: JSON lines")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -289,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     subp.add_argument("--curve-key", metavar="FILE", help="CURVE: this subscriber's .key_secret file")
     subp.add_argument("--server-key", metavar="FILE", help="CURVE: the publisher's public .key file")
     subp.set_defaults(func=cmd_subscribe)
+
+    view = sub.add_parser("view", help="a live web page of a publisher's streams (frames, boxes, charts)")
+    view.add_argument("endpoint", help="the publisher's live endpoint, e.g. tcp://127.0.0.1:5555")
+    view.add_argument("--host", default="127.0.0.1", help="address of the web page (default: this machine only)")
+    view.add_argument("--port", type=int, default=8765, help="port of the web page (0: any free port)")
+    view.add_argument("--stream", action="append", metavar="ID", help="only these streams (repeatable)")
+    view.set_defaults(func=cmd_view)
 
     exp = sub.add_parser("export", help="export a model to ONNX with its manifest")
     exp_sub = exp.add_subparsers(dest="what", required=True)

@@ -18,11 +18,13 @@ __all__ = [
     "CurveConfig",
     "DetectorConfig",
     "EncoderConfig",
+    "HealthConfig",
     "MetricsConfig",
     "PreviewConfig",
     "PublisherConfig",
     "QueryConfig",
     "SourceConfig",
+    "SupervisorConfig",
     "WorkerConfig",
     "load_config",
     "parse_config",
@@ -85,6 +87,10 @@ class SourceConfig(_Frozen):
     options: dict[str, str] = Field(
         default_factory=dict, description="network streams: FFmpeg options, e.g. {rtsp_transport: tcp}"
     )
+    start_frame: int = Field(
+        0, ge=0, description="files: start at this frame (seek near it, decode to it; frame indices stay absolute)"
+    )
+    every: int = Field(1, ge=1, description="files: keep every Nth frame from start_frame (1: all)")
 
     @field_validator("id")
     @classmethod
@@ -102,6 +108,8 @@ class SourceConfig(_Frozen):
         kind = self.kind
         if self.reconnect and kind not in ("camera", "network"):
             raise ValueError(f"source {self.id!r}: reconnect applies to cameras and network streams, not {kind}")
+        if (self.start_frame or self.every > 1) and kind != "file":
+            raise ValueError(f"source {self.id!r}: start_frame and every apply to video files, not {kind}")
         if self.end_on_eof and kind != "network":
             raise ValueError(f"source {self.id!r}: end_on_eof applies to network streams, not {kind}")
         if self.reconnect_max_s < self.reconnect_initial_s:
@@ -253,6 +261,28 @@ class MetricsConfig(_Frozen):
     port: int = Field(9464, ge=1, le=65535, description="TCP port of the metrics endpoint")
 
 
+class HealthConfig(_Frozen):
+    """Liveness and per-stream state over HTTP, served by the supervisor (``/healthz``, ``/streams``)."""
+
+    enabled: bool = False
+    host: str = Field("127.0.0.1", min_length=1, description="address to serve on (0.0.0.0: every interface)")
+    port: int = Field(8080, ge=1, le=65535, description="TCP port of the health endpoint")
+
+
+class SupervisorConfig(_Frozen):
+    """How the supervisor restarts a producer or worker that crashed or hung."""
+
+    restart: bool = Field(True, description="restart a crashed or hung process (else its stream, or the run, fails)")
+    max_restarts: int = Field(5, ge=0, le=1000, description="give a process up after this many restarts in window_s")
+    window_s: float = Field(300.0, gt=0.0, description="restarts older than this no longer count")
+    backoff_initial_s: float = Field(0.5, ge=0.0, le=3600.0, description="first wait before a restart")
+    backoff_max_s: float = Field(10.0, ge=0.0, le=3600.0, description="the wait doubles up to this")
+    heartbeat_timeout_s: float = Field(
+        60.0, gt=0.0, le=86400.0, description="a running process that sends nothing for this long is hung: killed "
+        "and restarted",
+    )
+
+
 class Config(_Frozen):
     """A whole ``frametok run``."""
 
@@ -262,6 +292,8 @@ class Config(_Frozen):
     worker: WorkerConfig = WorkerConfig()
     publisher: PublisherConfig = PublisherConfig()
     preview: PreviewConfig = PreviewConfig()
+    health: HealthConfig = HealthConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
     metrics: MetricsConfig = MetricsConfig()
     models_dir: str | None = Field(None, description="where named models are looked up (also FRAMETOK_MODELS)")
 

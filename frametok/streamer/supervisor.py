@@ -24,12 +24,13 @@ import zmq
 from ..config import Config, SourceConfig
 from ..errors import ConfigError, ModelError, PipelineError
 from ..models.registry import resolve_model
+from .endpoints import check_endpoints_free
 from .notices import EndNotice, EventNotice, RunContext
 from .producer import producer_main
 from .sources import IMAGE_SUFFIXES, check_camera, image_files, probe_source
 from .worker import Models, worker_main
 
-__all__ = ["RunSummary", "prepare_models", "prepare_sources", "run_pipeline"]
+__all__ = ["RunSummary", "check_endpoints", "prepare_models", "prepare_sources", "run_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,19 @@ def _prepare_source(src: SourceConfig) -> str:
     return src.uri
 
 
+def check_endpoints(config: Config) -> None:
+    """Every endpoint the run listens on must be free: one ConfigError naming each one in use."""
+    pc = config.publisher
+    wanted: list[tuple[str, str | None]] = [("publisher.endpoint", pc.endpoint),
+                                            ("publisher.lossless_endpoint", pc.lossless_endpoint)]
+    for name in ("metrics", "health"):
+        section = getattr(config, name, None)
+        if section is not None and section.enabled:
+            host = f"[{section.host}]" if ":" in section.host else section.host
+            wanted.append((f"{name} (host:port)", f"tcp://{host}:{section.port}"))
+    check_endpoints_free(wanted)
+
+
 def prepare_models(config: Config, models_dirs: tuple[str, ...] = ()) -> Models:
     """Find the models and check their manifests before any process starts.
 
@@ -199,6 +213,7 @@ def run_pipeline(
     Everything a user can get wrong (config, sources, models) is checked before a process starts.
     ``on_event`` sees every progress/status event (the CLI draws its progress bar from them).
     """
+    check_endpoints(config)
     uris = prepare_sources(config)
     models = models or prepare_models(config, models_dirs)
     spawn = mp.get_context("spawn")
