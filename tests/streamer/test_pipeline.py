@@ -67,11 +67,14 @@ def test_small_clip_end_to_end(shared_media: Path, shared_models: Path, endpoint
 
 @pytest.mark.slow
 def test_long_video_loses_nothing_while_a_slow_live_subscriber_loses_alone(
-    shared_media: Path, shared_models: Path, endpoint: str
+    shared_media: Path, shared_models: Path, endpoint: str, tmp_path: Path
 ) -> None:
     """795 frames of vtest.avi, full 16x16x384 grids: a subscriber that keeps up gets every packet; a
     deliberately slow live subscriber on the same publisher loses packets, reports them as gaps, and
-    holds back neither the pipeline nor the other subscriber."""
+    holds back neither the pipeline nor the other subscriber. (Compression off: with ~11 KB deltas the
+    kernel's socket buffers alone hold hundreds of packets, and a slow reader would lose nothing.)"""
+    config = tmp_path / "full-grids.yaml"
+    config.write_text("encoder: {model: dinov2_vits14, compress: false}\npublisher: {hwm: 8}\n")
     slow_frames: list[int] = []
     slow_sub = Subscriber(endpoint, rcvhwm=1, timeout_s=15)
     run_over = threading.Event()
@@ -89,8 +92,8 @@ def test_long_video_loses_nothing_while_a_slow_live_subscriber_loses_alone(
     slow.start()
     try:
         messages, output, code = run_and_collect(
-            ["--source", f"vtest={shared_media / 'vtest.avi'}", "--models", str(shared_models)], endpoint,
-            wait_subscribers=2)
+            [str(config), "--source", f"vtest={shared_media / 'vtest.avi'}", "--models", str(shared_models)],
+            endpoint, wait_subscribers=2)
     finally:
         run_over.set()
         slow.join(30)
