@@ -257,6 +257,58 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- index, record, search
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .index import Indexer, IndexOptions
+
+    options = IndexOptions(detector=args.detector, encoder=args.encoder, models_dirs=tuple(args.models or ()),
+                           config=args.config, every=args.every, progress=not args.no_progress,
+                           log_level=logging.INFO if args.verbose else logging.WARNING)
+    report = Indexer(args.db, options).run(args.inputs)
+    print(report.line(), flush=True)
+    return EXIT_OK if report.indexed or report.unchanged or not report.failed else EXIT_FAILED
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from .index import record
+
+    report = record(args.endpoint, args.db, streams=args.stream or None, lossless=args.lossless,
+                    count=args.count, timeout_s=args.timeout)
+    print(report.line(), flush=True)
+    return EXIT_OK
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import json
+
+    from .index import open_index, write_thumbs
+
+    crop = None
+    if args.crop:
+        try:
+            crop = tuple(int(v) for v in args.crop.split(","))
+        except ValueError:
+            crop = ()
+        if len(crop) != 4:
+            raise ConfigError(f"--crop: expected x1,y1,x2,y2 in pixels, got {args.crop!r}")
+    index = open_index(args.db, models_dirs=tuple(args.models or ()))
+    hits = index.search(args.filters, image=args.image, crop_xyxy=crop, t_from=args.t_from, t_to=args.t_to,
+                        video=args.video, limit=args.limit or None)
+    if args.thumbs:
+        write_thumbs(hits, args.thumbs)
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits]))
+    else:
+        print(f"{'video':40} {'frame':>7} {'time_s':>9} {'score':>7}  match")
+        for h in hits:
+            counts = " ".join(f"{k}={v}" for k, v in h.counts.items())
+            print(f"{Path(h.video).name[:40]:40} {h.frame:7d} {h.t_s:9.2f} {h.score:7.3f}  {h.match} {counts}".rstrip())
+        print(f"{len(hits)} hit(s)", file=sys.stderr)
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -343,6 +395,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the models frametok knows by name")
     models.set_defaults(func=cmd_models)
+
+    idx = sub.add_parser("index", help="index videos (every frame, lossless) into a searchable database")
+    idx.add_argument("inputs", nargs="+", metavar="VIDEO_OR_GLOB", help="video files or globs ('footage/*.mp4')")
+    idx.add_argument("--db", required=True, metavar="DIR", help="the index folder (LanceDB)")
+    idx.add_argument("--config", metavar="YAML", help="a run config for the models and worker settings")
+    idx.add_argument("--detector", metavar="MODEL", help="detector: registry name, .onnx path, or 'none'")
+    idx.add_argument("--encoder", metavar="MODEL", help="encoder: registry name, .onnx path, or 'none'")
+    idx.add_argument("--models", action="append", metavar="DIR", help="folder of model files (also FRAMETOK_MODELS)")
+    idx.add_argument("--every", type=int, default=1, metavar="N", help="index every Nth frame (default: all)")
+    idx.add_argument("--no-progress", action="store_true", help="no progress bars")
+    idx.set_defaults(func=cmd_index)
+
+    rec = sub.add_parser("record", help="write a publisher's token stream into an index")
+    rec.add_argument("endpoint", help="a publisher's endpoint (its lossless endpoint with --lossless)")
+    rec.add_argument("--db", required=True, metavar="DIR")
+    rec.add_argument("--stream", action="append", metavar="ID", help="only these streams (repeatable)")
+    rec.add_argument("--lossless", action="store_true", help="ENDPOINT is a lossless endpoint")
+    rec.add_argument("--count", type=int, default=0, metavar="N", help="stop after N frames")
+    rec.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds of silence")
+    rec.set_defaults(func=cmd_record)
+
+    srch = sub.add_parser("search", help="search an index: classes, counts, time, similar images")
+    srch.add_argument("filters", nargs="*", metavar="FILTER", help="'truck', 'person >= 5', 'car == 0' (all must hold)")
+    srch.add_argument("--db", required=True, metavar="DIR")
+    srch.add_argument("--image", metavar="FILE", help="rank frames by similarity to this image")
+    srch.add_argument("--crop", metavar="X1,Y1,X2,Y2", help="use this part of --image (pixels)")
+    srch.add_argument("--from", dest="t_from", type=float, metavar="S", help="from this time (seconds)")
+    srch.add_argument("--to", dest="t_to", type=float, metavar="S", help="up to this time (seconds)")
+    srch.add_argument("--video", metavar="TEXT", help="only videos whose path contains TEXT")
+    srch.add_argument("--limit", type=int, default=20, metavar="N", help="at most N hits (0: all; default 20)")
+    srch.add_argument("--json", action="store_true", help="hits as a JSON list")
+    srch.add_argument("--thumbs", metavar="DIR", help="write a thumbnail per hit into DIR")
+    srch.add_argument("--models", action="append", metavar="DIR", help="where the encoder is (image search)")
+    srch.set_defaults(func=cmd_search)
     return parser
 
 

@@ -326,17 +326,32 @@ def _image_frames(uri: str, fps: float | None) -> Iterator[DecodedFrame]:
 
 def decode_frames(uri: str, timeout_s: float = 10.0, *, read_timeout_s: float | None = None,
                   fps: float | None = None, options: Mapping[str, str] | None = None,
-                  on_damage: Callable[[str], None] | None = None) -> Iterator[DecodedFrame]:
+                  on_damage: Callable[[str], None] | None = None, start_frame: int = 0,
+                  every: int = 1) -> Iterator[DecodedFrame]:
     """Decode every frame of ``uri`` in order; the source is closed when the generator is.
 
     ``timeout_s`` bounds opening, ``read_timeout_s`` (default: ``timeout_s``) each read of a network
     stream or camera; ``fps`` gives images their pts (cameras: the frame rate asked for); ``options``
     are FFmpeg options for network streams. Raises :class:`SourceError` when the source fails.
     ``on_damage`` (files): told of each damaged part that was skipped (the reader thread calls it).
+    ``start_frame``/``every`` (files): only frames ``start_frame + k * every``, keeping absolute indices.
     """
     kind = source_kind(uri)
     if kind == "camera":
         return _camera_frames(uri, timeout_s, read_timeout_s, fps)
     if kind == "images":
         return _image_frames(uri, fps)
-    return _av_frames(uri, timeout_s, read_timeout_s, options, on_damage)
+    frames = _av_frames(uri, timeout_s, read_timeout_s, options, on_damage)
+    return _sampled(frames, start_frame, every) if start_frame or every > 1 else frames
+
+
+def _sampled(frames: Iterator[DecodedFrame], start_frame: int, every: int) -> Iterator[DecodedFrame]:
+    """Files: the frames from ``start_frame`` on, every ``every``-th, with their absolute indices."""
+    try:
+        for frame in frames:
+            if frame.index >= start_frame and (frame.index - start_frame) % every == 0:
+                yield frame
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,107 @@
+"""Per-track rows of a finished video, aggregated from its frame rows; each with an embedding of its best
+box (the encoder's context token of the crop, decoded again from the source video)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import FrametokError
+from .frames import crop, read_frames
+from .store import Store, quote, tracks_schema
+
+__all__ = ["build_tracks", "detections_of"]
+
+log = logging.getLogger(__name__)
+
+
+def detections_of(store: Store, where: str) -> dict[str, np.ndarray]:
+    """Every detection of the matching frames, flattened: frame, t_s, class, score, track, xyxy (N, 4)."""
+    import pyarrow.compute as pc
+
+    table = store.read("frames", where, ["frame", "t_s", "det_class", "det_score", "det_track", "det_xyxy"])
+    if table.num_rows == 0:
+        empty_i = np.zeros(0, np.int64)
+        return {"frame": empty_i, "t_s": np.zeros(0), "class": empty_i, "score": np.zeros(0, np.float32),
+                "track": empty_i, "xyxy": np.zeros((0, 4), np.float32)}
+    cls = table.column("det_class").combine_chunks()
+    parent = np.asarray(pc.list_parent_indices(cls))
+    frames = np.asarray(table.column("frame"))
+    times = np.asarray(table.column("t_s"))
+    return {
+        "frame": frames[parent],
+        "t_s": times[parent],
+        "class": np.asarray(pc.list_flatten(cls)),
+        "score": np.asarray(pc.list_flatten(table.column("det_score").combine_chunks())),
+        "track": np.asarray(pc.list_flatten(table.column("det_track").combine_chunks())),
+        "xyxy": np.asarray(pc.list_flatten(table.column("det_xyxy").combine_chunks())).reshape(-1, 4),
+    }
+
+
+def build_tracks(store: Store, video: dict[str, Any], encoder: Any | None, class_names: Sequence[str],
+                 dim: int) -> int:
+    """Replace the video's track rows; returns how many tracks it has. ``dim``: the index's token size
+    (0: no embeddings); without an ``encoder`` (a recorded stream has no pixels) embeddings are zeros."""
+    import pyarrow as pa
+
+    video_id = video["video_id"]
+    where = f"video_id = {quote(video_id)}"
+    det = detections_of(store, where)
+    tracked = det["track"] >= 0
+    rows: list[dict[str, Any]] = []
+    for tid in np.unique(det["track"][tracked]):
+        sel = np.flatnonzero(det["track"] == tid)
+        classes, counts = np.unique(det["class"][sel], return_counts=True)
+        class_id = int(classes[np.argmax(counts)])
+        best = sel[int(np.argmax(det["score"][sel]))]
+        rows.append({
+            "video_id": video_id, "stream": video["stream"], "track_id": int(tid), "class_id": class_id,
+            "class_name": class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id),
+            "n_frames": int(np.unique(det["frame"][sel]).size),
+            "first_frame": int(det["frame"][sel].min()), "last_frame": int(det["frame"][sel].max()),
+            "first_s": float(det["t_s"][sel].min()), "last_s": float(det["t_s"][sel].max()),
+            "best_frame": int(det["frame"][best]), "best_score": float(det["score"][best]),
+            "best_xyxy": det["xyxy"][best].astype(np.float32),
+        })
+    schema = tracks_schema(dim)
+    if dim:
+        embeddings = (_embeddings(video["video"], rows, encoder) if encoder is not None
+                      else [np.zeros(dim, np.float32) for _ in rows])
+        for row, emb in zip(rows, embeddings, strict=True):
+            row["embedding"] = emb
+    table = store.ensure("tracks", schema)
+    table.delete(where)
+    if rows:
+        columns: dict[str, Any] = {}
+        for field in schema:
+            values = [r[field.name] for r in rows]
+            if isinstance(field.type, pa.FixedSizeListType):
+                flat = np.concatenate(values).astype(np.float32, copy=False)
+                columns[field.name] = pa.FixedSizeListArray.from_arrays(pa.array(flat), field.type.list_size)
+            else:
+                columns[field.name] = pa.array(values, type=field.type)
+        table.add(pa.table(columns, schema=schema))
+    return len(rows)
+
+
+def _embeddings(path: str, rows: list[dict[str, Any]], encoder: Any) -> list[np.ndarray]:
+    from .encode import encode_images
+
+    dim = int(encoder.manifest.embed_dim)
+    zeros = [np.zeros(dim, np.float32) for _ in rows]
+    if not rows:
+        return zeros
+    try:
+        frames = read_frames(path, {r["best_frame"] for r in rows})
+    except FrametokError as exc:
+        log.warning("no track embeddings for %s: %s", path, exc)
+        return zeros
+    todo = [i for i, r in enumerate(rows) if r["best_frame"] in frames]
+    crops = [crop(frames[rows[i]["best_frame"]], rows[i]["best_xyxy"]) for i in todo]
+    vectors = encode_images(encoder, crops).context
+    for i, vec in zip(todo, vectors, strict=True):
+        zeros[i] = vec
+    return zeros

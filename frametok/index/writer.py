@@ -1,0 +1,106 @@
+"""Frame packets into ``frames`` rows, appended to the index in batches (one LanceDB commit each)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ..packet import TokenPacket
+from .store import Store, frames_schema
+
+__all__ = ["FrameWriter", "token_dims"]
+
+
+def token_dims(models: dict[str, Any]) -> tuple[int, int]:
+    """(token size, content tokens per frame) of a stream, from its info's encoder entry (0, 0: none)."""
+    enc = models.get("encoder") or {}
+    dim = int(enc.get("embed_dim") or 0)
+    pool = int(enc.get("pool") or 0)
+    return dim, pool * pool
+
+
+class FrameWriter:
+    """Buffers frame rows of one video and appends them every ``batch`` frames or ``interval_s`` seconds.
+
+    An append is atomic: an index run killed at any moment leaves a prefix of the video's frames.
+    ``track_offset`` is added to every track id (a resumed run's tracker counts from 1 again).
+    """
+
+    def __init__(self, store: Store, video_id: str, *, fps: float | None, dim: int, content_tokens: int,
+                 track_offset: int = 0, batch: int = 256, interval_s: float = 10.0) -> None:
+        self.store = store
+        self.video_id = video_id
+        self.fps = fps
+        self.dim = dim
+        self.content_tokens = content_tokens
+        self.track_offset = track_offset
+        self.batch = batch
+        self.interval_s = interval_s
+        self.schema = frames_schema(dim, content_tokens)
+        self.table = store.ensure("frames", self.schema)
+        self.rows: list[dict[str, Any]] = []
+        self.written = 0
+        self.last_frame = -1
+        self.max_track = -1
+        self._last_flush = time.monotonic()
+
+    def add(self, packet: TokenPacket) -> None:
+        det = packet.detections
+        n = len(det) if det is not None else 0
+        tracks: list[int] = []
+        if det is not None and n:
+            raw = det.track_id if det.track_id is not None else np.full(n, -1, np.int32)
+            shifted = np.where(raw >= 0, raw.astype(np.int64) + self.track_offset, -1)
+            tracks = [int(t) for t in shifted]
+            self.max_track = max(self.max_track, max(tracks))
+        t_s = packet.pts_s if packet.pts_s is not None else (
+            packet.frame_index / self.fps if self.fps else float(packet.frame_index))
+        row: dict[str, Any] = {
+            "video_id": self.video_id,
+            "stream": packet.stream_id,
+            "frame": packet.frame_index,
+            "pts_s": packet.pts_s,
+            "t_s": t_s,
+            "n_det": n,
+            "det_class": det.class_id.tolist() if det is not None else [],
+            "det_score": det.score.tolist() if det is not None else [],
+            "det_xyxy": det.xyxy.reshape(-1).tolist() if det is not None else [],
+            "det_track": tracks,
+        }
+        if self.dim:
+            row["ctx"] = self._vector(packet.context_token, self.dim)
+            if self.content_tokens:
+                row["content"] = self._vector(packet.content_tokens, self.dim * self.content_tokens)
+        self.rows.append(row)
+        self.last_frame = packet.frame_index
+        if len(self.rows) >= self.batch or time.monotonic() - self._last_flush >= self.interval_s:
+            self.flush()
+
+    @staticmethod
+    def _vector(value: Any, size: int) -> Any:
+        if value is None:
+            return np.zeros(size, np.float32)
+        flat = np.asarray(value, np.float32).reshape(-1)
+        if flat.size != size:
+            raise ValueError(f"expected {size} token values, got {flat.size}")
+        return flat
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self.rows:
+            return
+        import pyarrow as pa
+
+        columns: dict[str, Any] = {}
+        for field in self.schema:
+            values = [r[field.name] for r in self.rows]
+            if isinstance(field.type, pa.FixedSizeListType):
+                flat = np.concatenate(values).astype(np.float32, copy=False)
+                columns[field.name] = pa.FixedSizeListArray.from_arrays(pa.array(flat), field.type.list_size)
+            else:
+                columns[field.name] = pa.array(values, type=field.type)
+        self.table.add(pa.table(columns, schema=self.schema))
+        self.written += len(self.rows)
+        self.rows = []
