@@ -265,6 +265,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     options = IndexOptions(detector=args.detector, encoder=args.encoder, models_dirs=tuple(args.models or ()),
                            config=args.config, every=args.every, progress=not args.no_progress,
+                           batch_rows=args.flush_every,
                            log_level=logging.INFO if args.verbose else logging.WARNING)
     report = Indexer(args.db, options).run(args.inputs)
     print(report.line(), flush=True)
@@ -404,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     idx.add_argument("--encoder", metavar="MODEL", help="encoder: registry name, .onnx path, or 'none'")
     idx.add_argument("--models", action="append", metavar="DIR", help="folder of model files (also FRAMETOK_MODELS)")
     idx.add_argument("--every", type=int, default=1, metavar="N", help="index every Nth frame (default: all)")
+    idx.add_argument("--flush-every", type=int, default=256, metavar="N",
+                     help="commit to the index every N frames (an interrupted run resumes after the last commit)")
     idx.add_argument("--no-progress", action="store_true", help="no progress bars")
     idx.set_defaults(func=cmd_index)
 
