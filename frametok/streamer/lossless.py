@@ -65,6 +65,7 @@ class LosslessRouter:
         self.peers: dict[bytes, _Peer] = {}
         self.dropped_peers = 0
         self.wait_s = 0.0  # time spent waiting for credit (back-pressure)
+        self.on_wait: Callable[[], None] | None = None  # called while waiting (a heartbeat)
 
     def _drop(self, peer: _Peer, why: str) -> None:
         log.warning("dropping lossless subscriber %s: %s", peer.identity.hex(), why)
@@ -130,6 +131,8 @@ class LosslessRouter:
                 self._drop(peer, f"no credit for {self.timeout_s:.0f} s")
                 return False
             self.poll(50)
+            if self.on_wait is not None:
+                self.on_wait()
         self.wait_s += time.monotonic() - start
         return True
 

@@ -11,8 +11,8 @@ from typing import Any
 from .ring import RingSpec
 
 __all__ = [
-    "EndNotice", "EventNotice", "FrameNotice", "OpenNotice", "RunContext", "StatusNotice", "die_with_parent",
-    "set_process_name",
+    "EndNotice", "EventNotice", "FrameNotice", "LostNotice", "OpenNotice", "ResumeNotice", "RunContext",
+    "StatusNotice", "WorkerResume", "die_with_parent", "set_process_name",
 ]
 
 
@@ -91,6 +91,38 @@ class EndNotice:
     frames: int
     reason: str
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class ResumeNotice:
+    """A producer's first word to a restarted worker: what follows (its ring, the frames still in it, its
+    end) is current; anything of the stream before it was meant for the worker that died."""
+
+    stream_id: str
+    state: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class LostNotice:
+    """Supervisor -> worker: the stream's producer died; forget its ring and say the last frame published."""
+
+    stream_id: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerResume:
+    """What a restarted worker is told: why, which streams already ended, how many packets each stream had
+    published, and how many subscribers to wait for (up to the lossless timeout) before going on."""
+
+    attempt: int
+    detail: str
+    ended: frozenset[str] = frozenset()
+    packets: dict[str, int] = field(default_factory=dict)
+    live_subscriptions: int = 0
+    lossless_subscribers: int = 0
+    last_frames: dict[str, int] = field(default_factory=dict)  # stream -> frame index last published
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from .notices import (
     EventNotice,
     FrameNotice,
     OpenNotice,
+    ResumeNotice,
     RunContext,
     StatusNotice,
     die_with_parent,
@@ -59,6 +60,7 @@ _SEND_TIMEOUT_MS = 100
 _TICK_S = 0.05  # how often the main thread looks at the stop flag while it waits
 _PENDING_TICK_S = 0.002  # how often it looks whether the worker took the last frame (live, a frame waiting)
 _READER_JOIN_S = 1.0
+_BEAT_S = 1.0  # heartbeats to the supervisor, at most this often
 
 
 class _Reader:
@@ -171,7 +173,8 @@ class _Pacer:
 
 
 class _Producer:
-    def __init__(self, src: SourceConfig, uri: str, run: RunContext, stop: Event) -> None:
+    def __init__(self, src: SourceConfig, uri: str, run: RunContext, stop: Event, epoch: Any = None,
+                 attempt: int = 0, resume_from: int = 0) -> None:
         self.src, self.uri, self.run, self.stop = src, uri, run, stop
         self.stream_id = src.id
         self.policy = src.effective_policy
@@ -202,6 +205,21 @@ class _Producer:
         self.state = ""
         self.damage: deque[str] = deque()  # damaged parts the reader skipped, to report (files)
         self.damaged = 0
+        # restarts: a restarted producer names its rings and numbers its frames apart from its predecessor's;
+        # a file continues from the first frame the worker did not publish, a live source's index goes on
+        self.attempt = attempt
+        self.generation = attempt * 1000
+        self.seq = attempt << 32
+        self.resume_from = resume_from
+        if self.live_source:
+            self.captured = resume_from
+        # worker restarts: ``epoch`` (a shared counter) changes when a new worker is ready; the frames still
+        # in the ring (not released: not published) are announced to it again
+        self.epoch_value = epoch
+        self.epoch = epoch.value if epoch is not None else 0
+        self.notices: dict[int, FrameNotice] = {}  # slot -> the notice of the frame it holds
+        self.end_notice: EndNotice | None = None
+        self._beat_at = 0.0
 
     # ------------------------------------------------------------------ messages
 
@@ -214,9 +232,46 @@ class _Producer:
             except zmq.Again:
                 if self.stop.is_set():
                     return False
+                if sock is self.frames_out:
+                    self._beat()
 
     def notify(self, notice: Any) -> None:
+        self._resync()
         self._send(self.frames_out, notice)
+
+    def _beat(self) -> None:
+        """A heartbeat for the supervisor (at most one a second): this process is not hung."""
+        now = time.monotonic()
+        if now - self._beat_at >= _BEAT_S:
+            self._beat_at = now
+            self._send(self.events_out, EventNotice(self.stream_id, "heartbeat", {}))
+
+    def _tick(self) -> None:
+        """Called wherever the producer waits: heartbeat, and a new worker to bring up to date."""
+        self._resync()
+        self._beat()
+
+    def _resync(self) -> None:
+        """A restarted worker is ready: tell it this stream resumes, its ring, every frame still in the ring
+        (in order: the dead worker never published them) and, when sent already, the stream's end."""
+        if self.epoch_value is None or self.epoch_value.value == self.epoch:
+            return
+        self.epoch = self.epoch_value.value
+        self._send(self.frames_out, ResumeNotice(self.stream_id, self.state))
+        resent = 0
+        ring = self.ring
+        if ring is not None:
+            ring.reset_claims()
+            self._send(self.frames_out, OpenNotice(self.stream_id, ring.spec))
+            for slot in ring.unreleased():
+                notice = self.notices.get(slot)
+                if notice is not None and notice.seq == ring.frame_seq(slot):
+                    self._send(self.frames_out, notice)
+                    resent += 1
+        if self.end_notice is not None:
+            self._send(self.frames_out, self.end_notice)
+        log.info("a new worker: %d frame(s) announced again", resent)
+        self.event("resumed", frames=resent)
 
     def event(self, event: str, **data: Any) -> None:
         self._send(self.events_out, EventNotice(self.stream_id, event, data))
@@ -262,6 +317,7 @@ class _Producer:
                 return True
             if deadline is not None and time.monotonic() > deadline:
                 return False
+            self._tick()
             time.sleep(0.005)
         return False
 
@@ -275,6 +331,7 @@ class _Producer:
             got = ring.acquire(self.policy, timeout_s=0.1)
             if got is None and self.policy == "live":
                 break
+            self._tick()
         if got is None:
             if self.stop.is_set():
                 return False
@@ -284,8 +341,10 @@ class _Producer:
         if dropped_seq >= 0:
             self.ring_dropped += 1
         ring.write(slot, self.seq, frame.frame_rgb)
-        self.notify(FrameNotice(self.stream_id, slot, self.seq, index, frame.pts_s,
-                                frame.t_capture_ns, frame.t_decode_ns, self.dropped))
+        notice = FrameNotice(self.stream_id, slot, self.seq, index, frame.pts_s, frame.t_capture_ns,
+                             frame.t_decode_ns, self.dropped)
+        self.notices[slot] = notice
+        self.notify(notice)
         self.outstanding = (slot, self.seq)
         self.seq += 1
         return True
@@ -308,10 +367,27 @@ class _Producer:
         read_timeout = src.stall_timeout_s if self.live_source else None
 
         def frames() -> Iterator[DecodedFrame]:
-            return decode_frames(self.uri, src.open_timeout_s, read_timeout_s=read_timeout, fps=src.fps,
-                                 options=src.options, on_damage=self.damage.append)
+            frames = decode_frames(self.uri, src.open_timeout_s, read_timeout_s=read_timeout, fps=src.fps,
+                                   options=src.options, on_damage=self.damage.append,
+                                   start_frame=self._start_frame(), every=src.every)
+            if src.kind == "images" and self.resume_from:  # a restarted producer: what was published is done
+                return (f for f in frames if f.index >= self.resume_from)
+            return frames
 
         return _Reader(frames, live=live, depth=2, name=f"read-{self.stream_id}")
+
+    def _start_frame(self) -> int:
+        """A file's first frame: ``start_frame``, or after a restart the first one (of every ``every``-th)
+        the worker did not publish yet."""
+        start, every = self.src.start_frame, self.src.every
+        if self.src.kind == "file" and self.resume_from > start:
+            start += -(-(self.resume_from - start) // every) * every
+        return start
+
+    @property
+    def written(self) -> int:
+        """Frames this producer wrote into its rings."""
+        return self.seq - (self.attempt << 32)
 
     def _close_reader(self) -> None:
         reader, self.reader = self.reader, None
@@ -346,6 +422,7 @@ class _Producer:
             busy = self.pending is not None or self.outstanding is not None
             frame = reader.get(_PENDING_TICK_S if busy else _TICK_S)
             self._report_damage()
+            self._tick()
             if frame is None:
                 if reader.finished:
                     if self.pending is not None:  # the stream is gone: its last frame is stale
@@ -408,7 +485,12 @@ class _Producer:
                 return "error", f"offline after {src.reconnect_attempts} failed reconnect attempts: {detail}"
             delay = min(src.reconnect_max_s, src.reconnect_initial_s * 2.0 ** (failures - 1))
             self.status("reconnecting", f"attempt {failures} in {delay:.1f} s ({detail})")
-            if self.stop.wait(delay):
+            until = time.monotonic() + delay
+            while not self.stop.wait(max(0.0, min(_BEAT_S, until - time.monotonic()))):
+                self._tick()
+                if time.monotonic() >= until:
+                    break
+            if self.stop.is_set():
                 return "stopped", ""
 
     def _report_damage(self) -> None:
@@ -440,8 +522,9 @@ class _Producer:
             stopping = self.stop.is_set()
             if stopping:  # the worker is stopping too: nothing it has not taken yet will be read
                 self.frames_out.setsockopt(zmq.LINGER, 0)
-            self.notify(EndNotice(self.stream_id, self.seq, reason, detail))
-            self.event("producer_end", frames=self.seq, captured=self.captured, dropped=self.dropped,
+            self.end_notice = EndNotice(self.stream_id, self.written, reason, detail)
+            self.notify(self.end_notice)
+            self.event("producer_end", frames=self.written, captured=self.captured, dropped=self.dropped,
                        reason=reason, detail=detail, damaged=self.damaged)
             if self.ring is not None:
                 self._retire(self.ring)
@@ -455,8 +538,13 @@ class _Producer:
 
 
 
-def producer_main(src: SourceConfig, uri: str, run: RunContext, stop: Event, log_level: int = logging.WARNING) -> None:
-    """Entry point of a producer process (``uri``: the source's URI, resolved by the supervisor)."""
+def producer_main(src: SourceConfig, uri: str, run: RunContext, stop: Event, log_level: int = logging.WARNING,
+                  epoch: Any = None, attempt: int = 0, resume_from: int = 0) -> None:
+    """Entry point of a producer process (``uri``: the source's URI, resolved by the supervisor).
+
+    ``epoch``: the run's worker epoch (a shared counter, bumped when a restarted worker is ready);
+    ``attempt``/``resume_from``: a restarted producer's attempt number and the frame index to go on from.
+    """
     # The supervisor decides when to stop (its stop flag), also when a Ctrl-C or a SIGTERM reaches the
     # whole process group; it kills a producer that does not stop in time, and the kernel kills us if
     # the supervisor itself dies (nothing would ever tell us to stop then).
@@ -466,7 +554,7 @@ def producer_main(src: SourceConfig, uri: str, run: RunContext, stop: Event, log
     die_with_parent()
     set_process_name(f"frametok-src-{src.id}")
     logging.basicConfig(level=log_level, format=f"%(levelname)s producer[{src.id}] %(message)s")
-    producer = _Producer(src, uri, run, stop)
+    producer = _Producer(src, uri, run, stop, epoch, attempt, resume_from)
     producer.main()
     if producer.stuck():
         # a reader thread is still blocked inside a library call: leave without waiting for it

@@ -230,6 +230,21 @@ class FrameRing:
         h = self.header
         return int(np.count_nonzero((h[:, _FRAME_SEQ] >= 0) & (h[:, _RELEASED] != h[:, _FRAME_SEQ])))
 
+    def unreleased(self) -> list[int]:
+        """Slots holding a frame the worker has not released, oldest frame first."""
+        h = self.header
+        slots = [slot for slot in range(self.spec.slots)
+                 if h[slot, _FRAME_SEQ] >= 0 and h[slot, _RELEASED] != h[slot, _FRAME_SEQ]]
+        return sorted(slots, key=lambda slot: int(h[slot, _FRAME_SEQ]))
+
+    def frame_seq(self, slot: int) -> int:
+        return int(self.header[slot, _FRAME_SEQ])
+
+    def reset_claims(self) -> None:
+        """Forget the claims of a worker that died, keeping its releases: the frames it had not released
+        are handed to the next worker again (nothing lost; see :meth:`reset_worker_side` to drop them)."""
+        self.header[:, _CLAIMED] = -1
+
     def reset_worker_side(self) -> None:
         """Forget the claims of a worker that died (a new worker takes over)."""
         self.header[:, _CLAIMED] = -1

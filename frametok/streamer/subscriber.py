@@ -91,6 +91,8 @@ class Subscriber:
         self._grids: dict[str, GridDecompressor] = {}
         self._key_asked: dict[str, float] = {}
         self.unsynced = 0  # frame packets yielded without a grid: out of sync, waiting for a keyframe
+        self.duplicates = 0  # frame packets skipped: seen already (redone by a restarted worker)
+        self._resumed: set[str] = set()  # streams whose publisher restarted, until a new frame arrives
         self._ended: set[str] = set()
         self._consumed = 0
         self._last_hello = 0.0
@@ -127,9 +129,19 @@ class Subscriber:
         expected = set(self.streams) if self.streams is not None else set(self._last_seq)
         return bool(expected) and expected <= self._ended
 
-    def _track(self, msg: Message) -> None:
+    def _track(self, msg: Message) -> bool:
+        """Follow the stream's sequence; False for a packet to skip: a frame seen already (a restarted
+        worker may redo a frame published just before its predecessor died)."""
         sid = msg.stream_id
         last = self._last_seq.get(sid)
+        if last is not None and msg.seq <= last and sid not in self._ended:
+            self._resumed.add(sid)  # a new publisher (restarted worker) numbers from 0 again
+        if isinstance(msg, TokenPacket) and sid in self._resumed:
+            if msg.frame_index <= self._last_frame.get(sid, -1):
+                self._last_seq[sid] = msg.seq
+                self.duplicates += 1
+                return False
+            self._resumed.discard(sid)
         if last is not None and msg.seq > last + 1:
             report = self.gaps.setdefault(sid, GapReport())
             report.missing += msg.seq - last - 1
@@ -148,6 +160,7 @@ class Subscriber:
             self._ended.add(sid)
         elif sid in self._ended and isinstance(msg, TokenPacket):
             self._ended.discard(sid)  # the stream started again
+        return True
 
     # ------------------------------------------------------------------ patch grids
 
@@ -245,7 +258,8 @@ class Subscriber:
                 log.warning("skipping malformed message (%d so far): %s", self.malformed, exc)
                 continue
             self.received += 1
-            self._track(msg)
+            if not self._track(msg):
+                continue
             if isinstance(msg, TokenPacket):
                 msg = self._rebuild(msg)
             return msg

@@ -22,19 +22,19 @@ from typing import Any
 import zmq
 
 from ..config import Config, SourceConfig
-from ..errors import ConfigError, ModelError, PipelineError
+from ..errors import ConfigError, PipelineError
 from ..models.registry import resolve_model
 from .endpoints import check_endpoints_free
-from .notices import EndNotice, EventNotice, RunContext
-from .producer import producer_main
+from .health import HealthServer, HealthState
+from .notices import EventNotice, RunContext
 from .sources import IMAGE_SUFFIXES, check_camera, image_files, probe_source
-from .worker import Models, worker_main
+from .watch import RunWatch
+from .worker import Models
 
 __all__ = ["RunSummary", "check_endpoints", "prepare_models", "prepare_sources", "run_pipeline"]
 
 log = logging.getLogger(__name__)
 
-_STARTUP_TIMEOUT_S = 120.0
 _STOP_GRACE_S = 5.0
 
 
@@ -47,6 +47,7 @@ class RunSummary:
     dropped: dict[str, int] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     damaged: dict[str, int] = field(default_factory=dict)  # stream -> damaged parts skipped (files)
+    restarts: dict[str, int] = field(default_factory=dict)  # process (stream id or "worker") -> restarts
     seconds: float = 0.0
     stopped: bool = False
     bytes_sent: int = 0
@@ -67,6 +68,8 @@ class RunSummary:
         )
         if self.stopped:
             text += "; stopped early"
+        if self.restarts:
+            text += "; restarted: " + ", ".join(f"{key} x{n}" for key, n in self.restarts.items())
         if self.damaged:
             text += "; damaged input: " + ", ".join(f"{sid} ({n} part(s) skipped)" for sid, n in self.damaged.items())
         if self.errors:
@@ -190,16 +193,6 @@ def _shutdown(processes: list[BaseProcess], stop: Any) -> None:
             proc.join(2.0)
 
 
-def _start(proc: BaseProcess) -> None:
-    """Start a child with SIGINT blocked, so that a Ctrl-C reaching the whole process group while the child
-    is still importing cannot kill it (the child ignores SIGINT first thing; the supervisor stops it)."""
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        proc.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-
-
 def run_pipeline(
     config: Config,
     *,
@@ -220,55 +213,40 @@ def run_pipeline(
     stop = spawn.Event()
     summary = RunSummary(packets={s.id: 0 for s in config.sources})
     processes: list[BaseProcess] = []
+    health = HealthState([s.id for s in config.sources])
+
+    def on_any(ev: EventNotice) -> None:
+        _apply(ev, summary)
+        if on_event:
+            on_event(ev)
+
+    server = None
+    if config.health.enabled:
+        try:
+            server = HealthServer(health, config.health.host, config.health.port)
+        except OSError as exc:
+            raise ConfigError(f"health: cannot serve on {config.health.host}:{config.health.port}: {exc}") from exc
     with _run_context() as run, _stop_on_signals(stop):
         zctx = zmq.Context()
         events = zctx.socket(zmq.PULL)
         events.bind(run.events_endpoint)
         t0 = time.monotonic()
+        watch = RunWatch(config, uris, models, run, stop, zctx, events, processes, health, on_any, log_level)
         try:
-            worker = spawn.Process(target=worker_main, name="frametok-worker",
-                                   args=(config, models, run, stop, log_level))
-            _start(worker)
-            processes.append(worker)
-            _await_ready(events, worker, stop, on_event)
-            producers: dict[str, BaseProcess] = {}
-            for src in config.sources:
-                if stop.is_set():
-                    break
-                proc = spawn.Process(target=producer_main, name=f"frametok-producer-{src.id}",
-                                     args=(src, uris[src.id], run, stop, log_level))
-                _start(proc)
-                processes.append(proc)
-                producers[src.id] = proc
-            _follow(events, worker, producers, run, zctx, stop, summary, on_event)
+            watch.start()
+            watch.follow()
         finally:
             summary.stopped = stop.is_set()  # set by a signal, not (yet) by our own shutdown
+            summary.restarts = dict(watch.restarts)
+            watch.close()
             _shutdown(processes, stop)
             _drain(events, summary, on_event)
             events.close(0)
             zctx.term()
+            if server is not None:
+                server.close()
             summary.seconds = time.monotonic() - t0
     return summary
-
-
-def _await_ready(events: Any, worker: BaseProcess, stop: Any,
-                 on_event: Callable[[EventNotice], None] | None) -> None:
-    deadline = time.monotonic() + _STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline and not stop.is_set():
-        if events.poll(100):
-            ev: EventNotice = events.recv_pyobj()
-            if on_event:
-                on_event(ev)
-            if ev.event == "ready":
-                return
-            if ev.event == "failed":
-                error = ev.data.get("error", "unknown error")
-                kinds = {"ModelError": ModelError, "ExportError": ModelError, "ConfigError": ConfigError}
-                raise kinds.get(ev.data.get("kind", ""), PipelineError)(str(error))
-        elif not worker.is_alive():
-            raise PipelineError(f"worker exited during start-up (exit code {worker.exitcode})")
-    if not stop.is_set():
-        raise PipelineError(f"worker did not start within {_STARTUP_TIMEOUT_S:.0f} s")
 
 
 def _apply(ev: EventNotice, summary: RunSummary) -> None:
@@ -288,66 +266,6 @@ def _apply(ev: EventNotice, summary: RunSummary) -> None:
         summary.model_time_s = float(data.get("model_time_s", 0.0))
     elif ev.event == "progress":
         summary.packets.update({k: int(v) for k, v in data.get("streams", {}).items()})
-
-
-class _ProducerWatch:
-    """Notices producers that died without saying goodbye (a crash in a decoder, the OOM killer): the
-    worker is told their stream ended with an error, so that the run goes on (and can end)."""
-
-    _GRACE_S = 1.0  # the goodbye of a producer that just exited may still be on its way
-
-    def __init__(self, producers: dict[str, BaseProcess], run: RunContext, zctx: Any) -> None:
-        self.producers = dict(producers)
-        self.ended: set[str] = set()
-        self.dead_since: dict[str, float] = {}
-        self.run, self.zctx = run, zctx
-        self.sock: Any = None
-
-    def check(self, summary: RunSummary) -> None:
-        now = time.monotonic()
-        for sid, proc in self.producers.items():
-            if sid in self.ended or proc.is_alive():
-                continue
-            since = self.dead_since.setdefault(sid, now)
-            if now - since < self._GRACE_S:
-                continue
-            self.ended.add(sid)
-            detail = f"producer process died (exit code {proc.exitcode})"
-            log.error("source %s: %s", sid, detail)
-            summary.errors[sid] = detail
-            if self.sock is None:
-                self.sock = self.zctx.socket(zmq.PUSH)
-                self.sock.setsockopt(zmq.LINGER, 1000)
-                self.sock.connect(self.run.frames_endpoint)
-            self.sock.send_pyobj(EndNotice(sid, 0, "error", detail))
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-
-
-def _follow(events: Any, worker: BaseProcess, producers: dict[str, BaseProcess], run: RunContext, zctx: Any,
-            stop: Any, summary: RunSummary, on_event: Callable[[EventNotice], None] | None) -> None:
-    watch = _ProducerWatch(producers, run, zctx)
-    try:
-        while not stop.is_set():
-            if events.poll(200):
-                ev: EventNotice = events.recv_pyobj()
-                _apply(ev, summary)
-                if ev.event == "producer_end":
-                    watch.ended.add(ev.source)
-                if on_event:
-                    on_event(ev)
-                if ev.event == "done":
-                    return
-                continue
-            if not worker.is_alive():
-                if worker.exitcode != 0:
-                    raise PipelineError(f"worker exited with code {worker.exitcode}")
-                return
-            watch.check(summary)
-    finally:
-        watch.close()
 
 
 def _drain(events: Any, summary: RunSummary, on_event: Callable[[EventNotice], None] | None) -> None:

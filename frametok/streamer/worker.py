@@ -19,15 +19,27 @@ from ..models.encoder import Encoder
 from ..models.session import ModelFiles, create_session
 from ..models.soft_tokens import QueryBank
 from ..models.tracking import Tracker
-from ..packet import Detections, EndOfStream, StatusMessage, StreamInfo, Timestamps, TokenPacket, topic_for
+from ..packet import (
+    STATUS_STATES,
+    Detections,
+    EndOfStream,
+    StatusMessage,
+    StreamInfo,
+    Timestamps,
+    TokenPacket,
+    topic_for,
+)
 from .metrics import MetricsServer, WorkerMetrics, serve_metrics
 from .notices import (
     EndNotice,
     EventNotice,
     FrameNotice,
+    LostNotice,
     OpenNotice,
+    ResumeNotice,
     RunContext,
     StatusNotice,
+    WorkerResume,
     die_with_parent,
     set_process_name,
 )
@@ -68,6 +80,7 @@ class _Stream:
     dropped: int = 0
     discarded: int = 0
     ended: bool = False
+    last_frame: int = -1  # the frame index of the last packet published
 
 
 @dataclass
@@ -87,8 +100,10 @@ class _Loaded:
 
 
 class _Worker:
-    def __init__(self, config: Config, models: Models, run: RunContext, stop: Event) -> None:
+    def __init__(self, config: Config, models: Models, run: RunContext, stop: Event,
+                 resume: WorkerResume | None = None) -> None:
         self.config, self.run, self.stop = config, run, stop
+        self.resume = resume
         wc = config.worker
         self.detector: Detector | None = None
         self.encoder: Encoder | None = None
@@ -140,6 +155,16 @@ class _Worker:
         self.events_out.connect(run.events_endpoint)
         self.publisher = Publisher(self.ctx, config.publisher, infos)
         self.publisher.join_hooks.append(self._on_join)
+        if self.publisher.lossless is not None:  # waiting for a slow lossless subscriber is no hang
+            self.publisher.lossless.on_wait = self._progress
+        self.resuming: set[str] = set()  # restarted worker: streams whose producer has not resumed yet
+        if resume is not None:
+            for sid, st in self.streams.items():
+                st.published = resume.packets.get(sid, 0)
+                st.last_frame = resume.last_frames.get(sid, -1)
+                st.ended = sid in resume.ended
+                if not st.ended:
+                    self.resuming.add(sid)
         self.metrics: WorkerMetrics | None = None
         self.metrics_server: MetricsServer | None = None
         if config.metrics.enabled:
@@ -173,6 +198,8 @@ class _Worker:
     # ------------------------------------------------------------------ notices
 
     def _handle(self, notice: Any, batch: _Batch) -> None:
+        if self._restart_notice(notice):
+            return
         if isinstance(notice, FrameNotice):
             batch.notices.append(notice)
         elif isinstance(notice, OpenNotice):
@@ -196,6 +223,30 @@ class _Worker:
         else:  # pragma: no cover - only our own processes write here
             log.warning("ignoring unknown notice %r", notice)
 
+    def _restart_notice(self, notice: Any) -> bool:
+        """Restarts: True when ``notice`` was handled here (or is stale and dropped)."""
+        sid = getattr(notice, "stream_id", None)
+        if isinstance(notice, LostNotice):  # the producer died: its ring goes, a new producer goes on
+            st = self.streams[notice.stream_id]
+            self.resuming.discard(notice.stream_id)  # the new producer starts afresh
+            if st.ring is not None:
+                st.ring.close()
+                st.ring = None
+            if st.tracker is not None:
+                st.tracker.reset()
+            self.publisher.publish(StatusMessage(notice.stream_id, "reconnecting", notice.detail, time.time_ns()))
+            self.event("stream_lost", stream=notice.stream_id, last_frame=st.last_frame)
+            return True
+        if isinstance(notice, ResumeNotice):
+            if sid in self.resuming:
+                self.resuming.discard(sid)
+                if notice.state in STATUS_STATES:
+                    self.publisher.publish(StatusMessage(notice.stream_id, notice.state,  # type: ignore[arg-type]
+                                                         "resumed after a worker restart", time.time_ns()))
+            return True
+        # meant for the worker that died: the producer announces it all again after its resume
+        return sid in self.resuming or (sid in self.streams and self.streams[sid].ended)
+
     def gather(self) -> _Batch:
         """Up to ``max_batch`` ready frames, waiting at most ``max_wait_ms`` after the first one."""
         wc = self.config.worker
@@ -207,6 +258,7 @@ class _Worker:
                 if deadline is not None or self.stop.is_set():
                     break
                 self.publisher.poll_subscriptions()
+                self._progress()  # also the supervisor's heartbeat while idle
                 continue
             self._handle(self.frames_in.recv_pyobj(), batch)
             if batch.notices and deadline is None:
@@ -238,8 +290,8 @@ class _Worker:
                 row = encoded
             preview = make_preview(view, self.config.preview) if self.config.preview.enabled else None
             ok = ring.verify(notice.slot, version)
-            ring.release(notice.slot, notice.seq)
             if not ok:
+                ring.release(notice.slot, notice.seq)
                 st.discarded += 1
                 if row >= 0 and st.soft is not None:
                     st.soft.discard()
@@ -302,7 +354,11 @@ class _Worker:
                     query_scores=soft.query_scores,
                     preview_jpeg=item.preview_jpeg,
                 ))
+                # released once published: a frame in the ring was not published, and is redone by the next
+                # worker should this one die
+                ring.release(notice.slot, notice.seq)
                 st.published += 1
+                st.last_frame = notice.frame_index
             self.batches += 1
             self.frames_done += n
         for end in batch.ends:
@@ -316,13 +372,20 @@ class _Worker:
         now = time.monotonic()
         if force or now - self._last_progress >= _PROGRESS_EVERY_S:
             self._last_progress = now
+            lossless = self.publisher.lossless
             self.event("progress", frames=self.frames_done,
-                       streams={sid: st.published for sid, st in self.streams.items()})
+                       streams={sid: st.published for sid, st in self.streams.items()},
+                       last_frames={sid: st.last_frame for sid, st in self.streams.items()},
+                       live_subscriptions=self.publisher.subscriptions,
+                       lossless_subscribers=len(lossless.peers) if lossless is not None else 0)
 
     def main(self) -> None:
         self.event("ready", endpoint=self.config.publisher.endpoint, models=self.model_ids)
         wanted = self.config.publisher.wait_subscribers
-        if wanted and not self.publisher.wait_for_subscribers(wanted, self.stop.is_set):
+        if self.resume is not None:
+            if not self._await_resubscribers():
+                return
+        elif wanted and not self.publisher.wait_for_subscribers(wanted, self._stopping):
             return
         for info in self.publisher.infos.values():
             self.publisher.publish(info)
@@ -332,6 +395,32 @@ class _Worker:
             self.publisher.poll_subscriptions()
             self._progress()
         self._progress(force=True)
+
+    def _stopping(self) -> bool:
+        self._progress()  # the supervisor's heartbeat while waiting
+        return self.stop.is_set()
+
+    def _await_resubscribers(self) -> bool:
+        """A restarted worker: tell the streams, then wait (up to the lossless timeout) for the subscribers
+        of the worker that died to find this one, so that lossless ones miss nothing."""
+        resume = self.resume
+        assert resume is not None
+        lossless = self.publisher.lossless
+        deadline = time.monotonic() + self.config.publisher.lossless_timeout_s
+        while time.monotonic() < deadline:
+            if self._stopping():
+                return False
+            have_lossless = len(lossless.peers) if lossless is not None else 0
+            if (have_lossless >= resume.lossless_subscribers
+                    and self.publisher.subscriptions >= resume.live_subscriptions):
+                break
+            self.publisher.poll_subscriptions(100)
+        else:
+            log.warning("restarted worker: not every subscriber came back within %.0f s; going on",
+                        self.config.publisher.lossless_timeout_s)
+        for sid in sorted(self.resuming):
+            self.publisher.publish(StatusMessage(sid, "reconnecting", resume.detail, time.time_ns()))
+        return True
 
     def close(self) -> None:
         if self.stop.is_set():
@@ -355,8 +444,9 @@ class _Worker:
         self.ctx.term()
 
 
-def worker_main(config: Config, models: Models, run: RunContext, stop: Event, log_level: int = logging.WARNING) -> None:
-    """Entry point of the worker process."""
+def worker_main(config: Config, models: Models, run: RunContext, stop: Event, log_level: int = logging.WARNING,
+                resume: WorkerResume | None = None) -> None:
+    """Entry point of the worker process (``resume``: a restarted worker, what it takes over)."""
     # the supervisor decides when to stop (its stop flag), also when a Ctrl-C or SIGTERM reaches the
     # whole process group; the kernel kills us if the supervisor itself dies
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -365,7 +455,7 @@ def worker_main(config: Config, models: Models, run: RunContext, stop: Event, lo
     set_process_name("frametok-worker")
     logging.basicConfig(level=log_level, format="%(levelname)s worker %(message)s")
     try:
-        worker = _Worker(config, models, run, stop)
+        worker = _Worker(config, models, run, stop, resume)
     except FrametokError as exc:
         _report_failure(run, exc)
         raise SystemExit(3) from None

@@ -78,7 +78,8 @@ def test_signal_stops_everything(sig: int, frozen: bool, group: bool, tiny_encod
 
 def test_a_producer_that_dies_ends_its_stream_only(tiny_encoder: Path, tmp_path: Path, endpoint: str) -> None:
     """A producer killed outright (SIGKILL: a crash in a decoder, the OOM killer) cannot say goodbye: the
-    supervisor notices, its stream ends with an error, and the camera on the same worker goes on."""
+    supervisor notices, its stream ends with an error (restarts are off here; see test_faults.py for them),
+    and the camera on the same worker goes on."""
     before = _shm()
     clip = write_video(tmp_path / "long.mp4", frames=3000, size_wh=(96, 64), fps=30)
     with NetServer(fps=30) as server:
@@ -86,6 +87,7 @@ def test_a_producer_that_dies_ends_its_stream_only(tiny_encoder: Path, tmp_path:
             {"id": "cam", "uri": server.uri},
             {"id": "clip", "uri": str(clip)},
         ])
+        config.write_text(config.read_text() + "supervisor: {restart: false}\n")
         run = Run(config, endpoint, *tiny_models(tiny_encoder))
         try:
             run.until(lambda: len(run.frames("cam")) >= 5 and len(run.frames("clip")) >= 5, 60, "packets")

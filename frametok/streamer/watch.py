@@ -1,0 +1,309 @@
+"""Following a run: every process's events and heartbeats, and restarts of a crashed or hung process.
+
+* A producer that dies (or sends nothing, heartbeats included, for ``heartbeat_timeout_s``: it is killed)
+  is restarted after a backoff. The worker is told first (a :class:`LostNotice`): it forgets the dead
+  producer's ring and answers with the last frame it published; the new producer goes on from the next
+  one (a file: nothing lost, nothing twice; a live source: its frame index goes on).
+* A worker that dies or hangs is restarted after a backoff with a :class:`WorkerResume`; once it is
+  ready the run's worker epoch goes up, and every producer announces to it again the frames still in its
+  ring (the worker releases a frame only once it published it, so those are exactly the frames in flight).
+* A process restarted more than ``max_restarts`` times within ``window_s`` is given up: a producer's
+  stream ends with an error, a worker ends the run with a :class:`PipelineError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import re
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import zmq
+
+from ..config import Config, SourceConfig, SupervisorConfig
+from ..errors import ConfigError, ModelError, PipelineError
+from .health import HealthState
+from .notices import EndNotice, EventNotice, LostNotice, ResumeNotice, RunContext, WorkerResume
+from .producer import producer_main
+from .worker import Models, worker_main
+
+__all__ = ["RestartBudget", "RunWatch"]
+
+log = logging.getLogger(__name__)
+
+_STARTUP_TIMEOUT_S = 120.0
+_EXIT_GRACE_S = 1.0  # the goodbye of a producer that just exited may still be on its way
+WORKER = "worker"
+
+
+class RestartBudget:
+    """Restarts per process within a sliding window, and the backoff before the next one."""
+
+    def __init__(self, config: SupervisorConfig) -> None:
+        self.config = config
+        self.times: dict[str, deque[float]] = {}
+
+    def allow(self, key: str) -> bool:
+        """Record a restart of ``key`` if the budget allows one; False: give it up."""
+        sc = self.config
+        if not sc.restart:
+            return False
+        now = time.monotonic()
+        times = self.times.setdefault(key, deque())
+        while times and now - times[0] > sc.window_s:
+            times.popleft()
+        if len(times) >= sc.max_restarts:
+            return False
+        times.append(now)
+        return True
+
+    def delay_s(self, key: str) -> float:
+        n = len(self.times.get(key, ()))
+        sc = self.config
+        return min(sc.backoff_max_s, sc.backoff_initial_s * 2.0 ** max(0, n - 1))
+
+    def gave_up(self, why: str) -> str:
+        sc = self.config
+        if not sc.restart:
+            return why
+        return f"{why}; gave up after {sc.max_restarts} restarts within {sc.window_s:g} s"
+
+
+def _start(proc: BaseProcess) -> None:
+    """Start a child with SIGINT blocked, so that a Ctrl-C reaching the whole process group while the child
+    is still importing cannot kill it (the child ignores SIGINT first thing; the supervisor stops it)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+class RunWatch:
+    """Starts the worker and producers, follows their events, restarts what crashed or hung."""
+
+    def __init__(self, config: Config, uris: dict[str, str], models: Models, run: RunContext, stop: Any,
+                 zctx: Any, events: Any, processes: list[BaseProcess], health: HealthState,
+                 on_event: Callable[[EventNotice], None], log_level: int) -> None:
+        self.config, self.uris, self.models, self.run, self.stop = config, uris, models, run, stop
+        self.zctx, self.events, self.processes, self.health = zctx, events, processes, health
+        self.on_event, self.log_level = on_event, log_level
+        self.spawn = mp.get_context("spawn")
+        self.epoch = self.spawn.Value("i", 0)  # goes up when a restarted worker is ready
+        self.sources = {s.id: s for s in config.sources}
+        self.budget = RestartBudget(config.supervisor)
+        self.worker: BaseProcess | None = None
+        self.worker_done = False
+        self.producers: dict[str, BaseProcess] = {}
+        self.producer_end: dict[str, dict[str, Any]] = {}  # producers that said goodbye
+        self.stream_ended: set[str] = set()  # streams whose end-of-stream the worker published
+        self.last_seen: dict[str, float] = {}
+        self.packets: dict[str, int] = {}
+        self.last_frames: dict[str, int] = {}
+        self.subscribers = (0, 0)  # live subscriptions, lossless subscribers (the worker's last progress)
+        self.dead_since: dict[str, float] = {}
+        self.lost: dict[str, str] = {}  # stream -> why: the worker was told its producer is gone
+        self.restart_at: dict[str, tuple[float, int]] = {}  # stream -> (when, frame to go on from)
+        self.attempts: dict[str, int] = {}
+        self.restarts: dict[str, int] = {}
+        self._ctl: Any = None
+        health.worker_alive = lambda: self.worker is not None and self.worker.is_alive()
+
+    # ------------------------------------------------------------------ starting
+
+    def _spawn(self, target: Any, name: str, args: tuple[Any, ...]) -> BaseProcess:
+        proc = self.spawn.Process(target=target, name=name, args=args)
+        _start(proc)
+        self.processes.append(proc)
+        return proc
+
+    def start_worker(self, resume: WorkerResume | None = None) -> None:
+        self.worker = self._spawn(worker_main, "frametok-worker",
+                                  (self.config, self.models, self.run, self.stop, self.log_level, resume))
+        self._await_ready(self.worker)
+        self.last_seen[WORKER] = time.monotonic()
+
+    def start_producer(self, src: SourceConfig, attempt: int = 0, resume_from: int = 0) -> None:
+        self.producers[src.id] = self._spawn(
+            producer_main, f"frametok-producer-{src.id}",
+            (src, self.uris[src.id], self.run, self.stop, self.log_level, self.epoch, attempt, resume_from))
+        self.last_seen[src.id] = time.monotonic()
+        self.dead_since.pop(src.id, None)
+
+    def start(self) -> None:
+        self.start_worker()
+        for src in self.config.sources:
+            if self.stop.is_set():
+                break
+            self.start_producer(src)
+
+    def _await_ready(self, worker: BaseProcess) -> None:
+        deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline and not self.stop.is_set():
+            self.health.tick()
+            if self.events.poll(100):
+                ev: EventNotice = self.events.recv_pyobj()
+                if ev.source == WORKER and ev.event == "ready":
+                    self.on_event(ev)
+                    return
+                if ev.source == WORKER and ev.event == "failed":
+                    self.on_event(ev)
+                    error = ev.data.get("error", "unknown error")
+                    kinds = {"ModelError": ModelError, "ExportError": ModelError, "ConfigError": ConfigError}
+                    raise kinds.get(ev.data.get("kind", ""), PipelineError)(str(error))
+                self.handle(ev)
+            elif not worker.is_alive():
+                raise PipelineError(f"worker exited during start-up (exit code {worker.exitcode})")
+        if not self.stop.is_set():
+            raise PipelineError(f"worker did not start within {_STARTUP_TIMEOUT_S:.0f} s")
+
+    # ------------------------------------------------------------------ events
+
+    def handle(self, ev: EventNotice) -> None:
+        self.last_seen[ev.source] = time.monotonic()
+        data = ev.data
+        if ev.event == "producer_end":
+            self.producer_end[ev.source] = data
+        elif ev.event == "stream_end":
+            self.stream_ended.add(str(data.get("stream")))
+        elif ev.event == "progress":
+            self.packets.update({k: int(v) for k, v in data.get("streams", {}).items()})
+            self.last_frames.update({k: int(v) for k, v in data.get("last_frames", {}).items()})
+            self.subscribers = (int(data.get("live_subscriptions", 0)), int(data.get("lossless_subscribers", 0)))
+        elif ev.event == "stream_lost":
+            self._lost_confirmed(str(data.get("stream")), int(data.get("last_frame", -1)))
+        elif ev.event == "done":
+            self.worker_done = True
+        if ev.event == "heartbeat":
+            return
+        self.health.on_event(ev)
+        self.on_event(ev)
+
+    def follow(self) -> None:
+        """Until the worker is done (every stream ended), the run stops, or the worker is given up."""
+        while not self.stop.is_set():
+            self.health.tick()
+            if self.events.poll(200):
+                while True:
+                    ev: EventNotice = self.events.recv_pyobj()
+                    self.handle(ev)
+                    if self.worker_done or not self.events.poll(0):
+                        break
+            if self.worker_done:
+                return
+            if not self._check_worker():
+                return
+            self._check_producers()
+
+    # ------------------------------------------------------------------ the worker
+
+    def _check_worker(self) -> bool:
+        """False when the worker exited on its own (the run is over)."""
+        worker = self.worker
+        assert worker is not None
+        hb = self.config.supervisor.heartbeat_timeout_s
+        if not worker.is_alive():
+            if worker.exitcode == 0:
+                return False
+            self._restart_worker(f"worker died (exit code {worker.exitcode})")
+        elif time.monotonic() - self.last_seen.get(WORKER, time.monotonic()) > hb:
+            log.error("worker sent nothing for %g s: killing it", hb)
+            worker.kill()
+            worker.join(5.0)
+            self._restart_worker(f"worker hung (nothing for {hb:g} s)")
+        return True
+
+    def _restart_worker(self, why: str) -> None:
+        if not self.budget.allow(WORKER):
+            raise PipelineError(self.budget.gave_up(why))
+        n = self.restarts[WORKER] = self.restarts.get(WORKER, 0) + 1
+        delay = self.budget.delay_s(WORKER)
+        log.warning("%s; restarting it in %.1f s (restart %d)", why, delay, n)
+        self.health.restarted(WORKER)
+        if self.stop.wait(delay):
+            return
+        live, lossless = self.subscribers
+        resume = WorkerResume(n, f"{why}; worker restarted (restart {n})", frozenset(self.stream_ended),
+                              dict(self.packets), live, lossless, dict(self.last_frames))
+        self.start_worker(resume)
+        with self.epoch.get_lock():
+            self.epoch.value += 1  # every producer announces its ring and the frames still in it again
+        for sid, data in self.producer_end.items():
+            proc = self.producers.get(sid)
+            if sid not in self.stream_ended and (proc is None or not proc.is_alive()):
+                # gone after its last frame was published, before the end-of-stream was: end it here
+                self._send(ResumeNotice(sid, ""))
+                self._send(EndNotice(sid, int(data.get("frames", 0)), str(data.get("reason", "end")),
+                                     str(data.get("detail", ""))))
+        for sid, lost_why in self.lost.items():  # the dead worker never confirmed these
+            self._send(LostNotice(sid, lost_why))
+
+    # ------------------------------------------------------------------ producers
+
+    def _check_producers(self) -> None:
+        now = time.monotonic()
+        hb = self.config.supervisor.heartbeat_timeout_s
+        for sid, proc in list(self.producers.items()):
+            if sid in self.producer_end or sid in self.lost or sid in self.restart_at:
+                continue
+            if not proc.is_alive():
+                since = self.dead_since.setdefault(sid, now)
+                if now - since >= _EXIT_GRACE_S:
+                    self._producer_failed(sid, f"producer process died (exit code {proc.exitcode})")
+            elif now - self.last_seen.get(sid, now) > hb:
+                log.error("source %s: producer sent nothing for %g s: killing it", sid, hb)
+                proc.kill()
+                proc.join(5.0)
+                self._producer_failed(sid, f"producer hung (nothing for {hb:g} s)")
+        for sid, (when, resume_from) in list(self.restart_at.items()):
+            if now >= when:
+                del self.restart_at[sid]
+                self.start_producer(self.sources[sid], self.attempts[sid], resume_from)
+
+    def _producer_failed(self, sid: str, why: str) -> None:
+        if not self.budget.allow(sid):
+            detail = self.budget.gave_up(why)
+            log.error("source %s: %s", sid, detail)
+            self.producer_end[sid] = {"frames": 0, "reason": "error", "detail": detail}
+            self.handle(EventNotice(sid, "producer_end", {"frames": 0, "reason": "error", "detail": detail}))
+            self._send(EndNotice(sid, 0, "error", detail))
+            return
+        n = self.attempts[sid] = self.attempts.get(sid, 0) + 1
+        self.restarts[sid] = n
+        self.health.restarted(sid)
+        detail = f"{why}; restarting it (restart {n})"
+        log.warning("source %s: %s", sid, detail)
+        self.lost[sid] = detail
+        self._send(LostNotice(sid, detail))
+
+    def _lost_confirmed(self, sid: str, last_frame: int) -> None:
+        """The worker forgot the dead producer's ring: remove its segments, restart it after the backoff."""
+        if self.lost.pop(sid, None) is None:
+            return
+        pattern = re.compile(re.escape(f"{self.run.shm_prefix}{sid}-") + r"\d+")
+        with contextlib.suppress(OSError):
+            for name in os.listdir("/dev/shm"):
+                if pattern.fullmatch(name):
+                    with contextlib.suppress(OSError):
+                        os.unlink(f"/dev/shm/{name}")
+        self.restart_at[sid] = (time.monotonic() + self.budget.delay_s(sid), last_frame + 1)
+
+    # ------------------------------------------------------------------ control channel
+
+    def _send(self, notice: Any) -> None:
+        if self._ctl is None:
+            self._ctl = self.zctx.socket(zmq.PUSH)
+            self._ctl.setsockopt(zmq.LINGER, 1000)
+            self._ctl.connect(self.run.frames_endpoint)
+        self._ctl.send_pyobj(notice)
+
+    def close(self) -> None:
+        if self._ctl is not None:
+            self._ctl.close()
