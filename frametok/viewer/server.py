@@ -21,7 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
-from ..errors import PipelineError
+import zmq
+
+from ..errors import ConfigError, PipelineError
 from ..streamer.subscriber import Subscriber
 from .state import Board
 
@@ -114,7 +116,12 @@ class ViewerServer:
                                 ) from exc
         self.host, self.port = host, int(self.httpd.server_address[1])
         self._stop = threading.Event()
-        self._subscriber = Subscriber(endpoint, streams=streams, until_eos=False)
+        try:
+            self._subscriber = Subscriber(endpoint, streams=streams, until_eos=False)
+        except (zmq.ZMQError, ValueError) as exc:
+            self.httpd.server_close()
+            raise ConfigError(f"view: cannot subscribe to {endpoint!r}: {exc} (expected tcp://HOST:PORT or "
+                              "ipc://PATH)") from exc
         self._threads = [threading.Thread(target=self._subscribe, name="frametok-view-sub", daemon=True),
                          threading.Thread(target=self.httpd.serve_forever, name="frametok-view-http", daemon=True)]
 

@@ -3,11 +3,13 @@ and what the page drew checked against the packets this test received itself."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
 import subprocess
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -168,3 +170,65 @@ def test_view_serves_its_page_and_state(tmp_path: Path) -> None:
     assert "http://" not in html + js.replace("http://127.0.0.1", "") and "https://" not in html + js
     assert "EventSource" in js and "frametokDrawn" in js
     assert state == {"endpoint": endpoint, "streams": []}
+
+
+def _read_events(url: str, snapshots: dict[str, dict[str, Any]], stop: threading.Event) -> None:
+    """Keep the latest snapshot of each stream from the page's Server-Sent Events."""
+    with urllib.request.urlopen(url + "events", timeout=60) as resp:
+        event, data = "", ""
+        while not stop.is_set():
+            line = resp.readline().decode()
+            if not line:
+                return
+            if line.startswith("event: "):
+                event = line[7:].strip()
+            elif line.startswith("data: "):
+                data = line[6:]
+            elif line == "\n" and event == "stream":
+                snap = json.loads(data)
+                snapshots[snap["stream"]] = snap
+
+
+def test_view_sends_each_streams_state_as_server_sent_events(shared_media: Path, shared_models: Path) -> None:
+    """No browser: what the page is sent (frame, detections, preview, state, statistics) matches the packets."""
+    endpoint = free_endpoint()
+    viewer, url = _start_viewer(endpoint)
+    snapshots: dict[str, dict[str, Any]] = {}
+    stop = threading.Event()
+    reader = threading.Thread(target=_read_events, args=(url, snapshots, stop), daemon=True)
+    reader.start()
+    try:
+        with Subscriber(endpoint, timeout_s=300) as sub:
+            run = start_cli("run", "--source", f"clip={shared_media / 'vtest_small_3s.mp4'}", "--models",
+                            str(shared_models), "--publish", endpoint, "--wait-subscribers", "2", "--preview",
+                            "--no-progress")
+            messages = list(sub)
+            names = sub.class_names("clip")
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, out + err
+        deadline = time.monotonic() + 30
+        while snapshots.get("clip", {}).get("state") != "ended" and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        _stop(viewer)
+    packets = {m.frame_index: m for m in messages if isinstance(m, TokenPacket)}
+    snap = snapshots["clip"]
+    assert snap["state"] == "ended" and snap["detail"] == "end after 30 frames" and snap["policy"] == "file"
+    assert snap["class_names"] == names
+    frame = snap["frame"]
+    assert frame["frame"] == 29
+    packet = packets[29]
+    assert base64.b64decode(frame["preview_jpeg"]) == packet.preview_jpeg
+    assert frame["t_publish_ms"] == packet.timestamps.t_publish_ns / 1e6
+    det = packet.detections
+    assert det is not None and len(frame["detections"]) == len(det)
+    assert [d["track_id"] for d in frame["detections"]] == det.track_id.tolist()  # type: ignore[union-attr]
+    stats = snap["stats"]
+    costs = [packet_cost(p) for p in packets.values()]
+    assert stats["frames"] == 30 and stats["gaps"] == 0
+    assert stats["totals"]["tokens_sent"] == sum(c.tokens_sent for c in costs)
+    assert stats["totals"]["tokens_full"] == sum(c.tokens_full for c in costs)
+    assert stats["totals"]["patch_bytes_sent"] == sum(c.patch_bytes_sent for c in costs)
+    assert stats["totals"]["preview_bytes"] == sum(len(p.preview_jpeg or b"") for p in packets.values())
+    assert 0 < stats["patch_bytes_saved"] < 1 and stats["fps"] > 0 and stats["latency_ms"] > 0
