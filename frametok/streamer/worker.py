@@ -376,6 +376,7 @@ class _Worker:
             self.event("progress", frames=self.frames_done,
                        streams={sid: st.published for sid, st in self.streams.items()},
                        last_frames={sid: st.last_frame for sid, st in self.streams.items()},
+                       dropped={sid: st.dropped for sid, st in self.streams.items()},
                        live_subscriptions=self.publisher.subscriptions,
                        lossless_subscribers=len(lossless.peers) if lossless is not None else 0)
 

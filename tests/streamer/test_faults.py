@@ -16,7 +16,9 @@ import pytest
 import yaml
 
 from frametok import EndOfStream, StatusMessage, Subscriber, TokenPacket
+from frametok.config import SupervisorConfig
 from frametok.packet import Message
+from frametok.streamer.watch import RestartBudget
 
 from ..conftest import free_endpoint, start_cli, write_video
 from .test_live_sources import tiny_encoder, tiny_models
@@ -83,6 +85,18 @@ class LosslessRun:
         self.thread.join(5)
         self.sub.close()
         return out, err
+
+
+def test_restart_budget_backs_off_and_gives_up() -> None:
+    budget = RestartBudget(SupervisorConfig(max_restarts=3, backoff_initial_s=0.5, backoff_max_s=1.5, window_s=60))
+    delays = []
+    for _ in range(3):
+        assert budget.allow("worker")
+        delays.append(budget.delay_s("worker"))
+    assert delays == [0.5, 1.0, 1.5]
+    assert not budget.allow("worker") and budget.allow("cam")  # per process
+    assert budget.gave_up("worker died").endswith("gave up after 3 restarts within 60 s")
+    assert not RestartBudget(SupervisorConfig(restart=False)).allow("worker")
 
 
 def test_producer_killed_is_restarted_and_its_file_goes_on_without_loss(tiny_encoder: Path,
