@@ -20,7 +20,7 @@ from ..streamer.render import message_dict
 
 __all__ = ["Board", "StreamState"]
 
-WINDOW_S = 2.0  # rates are averaged over this many seconds of publish time
+WINDOW_S = 2.0  # rates are averaged over this many seconds of publish time (and at least two frames)
 _MODEL_KEYS = frozenset({"name", "id", "providers", "grid_hw", "embed_dim", "compression", "dtype"})
 
 
@@ -129,7 +129,7 @@ class Board:
                 if st.state in ("waiting", "ended"):
                     st.state, st.detail = "online", ""
                 st.window.append(sample)
-                while st.window and sample.t_publish_ns - st.window[0].t_publish_ns > WINDOW_S * 1e9:
+                while len(st.window) > 2 and sample.t_publish_ns - st.window[0].t_publish_ns > WINDOW_S * 1e9:
                     st.window.popleft()
                 for key in st.totals:
                     st.totals[key] += getattr(sample, key)
