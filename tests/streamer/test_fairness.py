@@ -61,7 +61,7 @@ def test_a_busy_live_stream_does_not_starve_a_quiet_one(shared_models: Path, tmp
             run.close()
     assert code == 0, err
     busy_frames, quiet_frames = run.frames("busy"), run.frames("quiet")
-    assert len(busy_frames) >= 3 * len(quiet_frames), (len(busy_frames), len(quiet_frames))
+    assert len(busy_frames) > len(quiet_frames), (len(busy_frames), len(quiet_frames))
     assert busy_frames[-1].dropped > 0, "the busy stream should outrun the worker (this test is about contention)"
     # after the start (while the worker warms up a camera's first frames may go), every frame the quiet
     # camera sent was processed, in order: no index jump, the drop counter does not move
