@@ -15,6 +15,7 @@ from .errors import (
     ProtocolError,
     SourceError,
 )
+from .index import Hit, Index, Indexer, IndexOptions, open_index
 from .packet import (
     PROTOCOL_VERSION,
     Detections,
@@ -41,6 +42,10 @@ __all__ = [
     "ExportError",
     "FrametokError",
     "GapReport",
+    "Hit",
+    "Index",
+    "IndexOptions",
+    "Indexer",
     "Message",
     "ModelError",
     "PipelineError",
@@ -56,5 +61,6 @@ __all__ = [
     "decode",
     "encode",
     "load_config",
+    "open_index",
     "run_pipeline",
 ]

@@ -9,9 +9,27 @@ def test_all_is_pinned() -> None:
         "FrametokError", "GapReport", "Message", "ModelError", "PipelineError", "ProtocolError",
         "RunSummary", "SourceError", "StatusMessage", "StreamInfo", "Subscriber", "Timestamps",
         "TokenPacket", "__version__", "decode", "encode", "load_config", "run_pipeline",
+        "Hit", "Index", "IndexOptions", "Indexer", "open_index",
     ])
     for name in frametok.__all__:
         assert hasattr(frametok, name), name
+
+
+def test_index_all_is_pinned() -> None:
+    import frametok.index
+
+    assert sorted(frametok.index.__all__) == sorted([
+        "SCHEMA_VERSION", "ClassFilter", "Hit", "Index", "IndexOptions", "IndexReport", "Indexer",
+        "RecordReport", "open_index", "parse_filter", "record", "write_thumbs",
+    ])
+
+
+def test_optional_stores_are_imported_lazily() -> None:
+    import subprocess
+
+    code = "import sys, frametok; print(','.join(m for m in ('lancedb', 'pyarrow') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
 
 
 def test_error_tree() -> None:
