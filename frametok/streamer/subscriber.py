@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -93,6 +94,7 @@ class Subscriber:
         self.unsynced = 0  # frame packets yielded without a grid: out of sync, waiting for a keyframe
         self.duplicates = 0  # frame packets skipped: seen already (redone by a restarted worker)
         self._resumed: set[str] = set()  # streams whose publisher restarted, until a new frame arrives
+        self._pending: deque[Message] = deque()  # taken from the socket already, in the order to yield
         self._ended: set[str] = set()
         self._consumed = 0
         self._last_hello = 0.0
@@ -234,31 +236,71 @@ class Subscriber:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
 
+    def _decode(self, parts: Any) -> Message | None:
+        if self.mode == "lossless":
+            self._consumed += 1
+            self._grant()
+        try:
+            return decode(parts)
+        except Exception as exc:  # ProtocolError; anything else is a decoder bug, still not fatal
+            self.malformed += 1
+            if self.strict:
+                if isinstance(exc, ProtocolError):
+                    raise
+                raise ProtocolError(f"undecodable message: {type(exc).__name__}: {exc}") from exc
+            log.warning("skipping malformed message (%d so far): %s", self.malformed, exc)
+            return None
+
+    def _reorder(self, first_new: Message) -> Message:
+        """The publisher restarted (a new worker numbers from 0 again): messages of the dead one that were
+        already here may still be queued on its connection, and the socket takes turns between
+        connections. Everything queued now is taken, and the dead publisher's messages (continuing its
+        sequence) go first, so that its last frames keep their order and their grids."""
+        drained = [first_new]
+        while True:
+            try:
+                parts = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            msg = self._decode(parts)
+            if msg is not None:
+                drained.append(msg)
+        old_next = {sid: seq + 1 for sid, seq in self._last_seq.items()}
+        old: list[Message] = []
+        new: list[Message] = []
+        for msg in drained:
+            if msg is not first_new and old_next.get(msg.stream_id) == msg.seq:
+                old.append(msg)
+                old_next[msg.stream_id] += 1
+            else:
+                new.append(msg)
+        self._pending.extend(old + new)
+        return self._pending.popleft()
+
     def recv(self, timeout_s: float | None = None) -> Message | None:
         """The next valid message, or None after ``timeout_s`` without one (None: wait forever)."""
         timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000))
         while True:
-            try:  # a message already waiting needs no poll (the common case under load)
-                parts = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                if not self._poll(timeout_ms):
-                    return None
-                continue
-            if self.mode == "lossless":
-                self._consumed += 1
-                self._grant()
-            try:
-                msg = decode(parts)
-            except Exception as exc:  # ProtocolError; anything else is a decoder bug, still not fatal
-                self.malformed += 1
-                if self.strict:
-                    if isinstance(exc, ProtocolError):
-                        raise
-                    raise ProtocolError(f"undecodable message: {type(exc).__name__}: {exc}") from exc
-                log.warning("skipping malformed message (%d so far): %s", self.malformed, exc)
-                continue
+            if self._pending:
+                msg: Message | None = self._pending.popleft()
+            else:
+                try:  # a message already waiting needs no poll (the common case under load)
+                    parts = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    if not self._poll(timeout_ms):
+                        return None
+                    continue
+                msg = self._decode(parts)
+                if msg is None:
+                    continue
+                last = self._last_seq.get(msg.stream_id)
+                if last is not None and msg.seq <= last and msg.stream_id not in self._ended:
+                    msg = self._reorder(msg)
+            assert msg is not None
             self.received += 1
             if not self._track(msg):
+                if isinstance(msg, TokenPacket):
+                    self._rebuild(msg)  # a redone frame is not yielded twice, but its grid update counts
                 continue
             if isinstance(msg, TokenPacket):
                 msg = self._rebuild(msg)

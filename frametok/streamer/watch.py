@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _STARTUP_TIMEOUT_S = 120.0
 _EXIT_GRACE_S = 1.0  # the goodbye of a producer that just exited may still be on its way
+_PRODUCER_STARTUP_S = 30.0  # added to the heartbeat timeout of a producer that was just started
 WORKER = "worker"
 
 
@@ -134,7 +135,8 @@ class RunWatch:
         self.producers[src.id] = self._spawn(
             producer_main, f"frametok-producer-{src.id}",
             (src, self.uris[src.id], self.run, self.stop, self.log_level, self.epoch, attempt, resume_from))
-        self.last_seen[src.id] = time.monotonic()
+        # a new process imports its libraries before it can say anything: that is no hang
+        self.last_seen[src.id] = time.monotonic() + _PRODUCER_STARTUP_S
         self.dead_since.pop(src.id, None)
 
     def start(self) -> None:
@@ -251,8 +253,8 @@ class RunWatch:
         now = time.monotonic()
         hb = self.config.supervisor.heartbeat_timeout_s
         for sid, proc in list(self.producers.items()):
-            if sid in self.producer_end or sid in self.lost or sid in self.restart_at:
-                continue
+            if sid in self.producer_end or sid in self.stream_ended or sid in self.lost or sid in self.restart_at:
+                continue  # said goodbye, its stream is over, or being restarted
             if not proc.is_alive():
                 since = self.dead_since.setdefault(sid, now)
                 if now - since >= _EXIT_GRACE_S:
