@@ -188,3 +188,33 @@ def test_a_worker_that_keeps_crashing_is_given_up(tiny_encoder: Path, tmp_path: 
     assert run.proc.returncode == 1, (out, err)
     assert "worker died (exit code -9); gave up after 1 restarts within 300 s" in err, err
     assert "Traceback" not in err, err
+
+
+def test_live_camera_producer_killed_is_restarted_and_goes_on(tiny_encoder: Path, tmp_path: Path) -> None:
+    """A network camera's producer is killed: it is restarted, reconnects, and its frame index goes on from
+    where it was (no index seen twice); a file source beside it is not disturbed."""
+    from .netserve import NetServer
+    from .test_live_sources import Run, write_config
+
+    clip = write_video(tmp_path / "clip.mp4", frames=3000, size_wh=(96, 64), fps=30)
+    with NetServer(fps=30, size_wh=(96, 64)) as server:
+        config = write_config(tmp_path / "run.yaml", [{"id": "cam", "uri": server.uri},
+                                                       {"id": "clip", "uri": str(clip)}])
+        run = Run(config, free_endpoint(), *tiny_models(tiny_encoder))
+        try:
+            run.until(lambda: len(run.frames("cam")) >= 10, 60, "camera packets")
+            victim = next(p for p in psutil.Process(run.proc.pid).children(recursive=True)
+                          if p.name() == "frametok-src-ca")
+            victim.send_signal(signal.SIGKILL)
+            before = len(run.frames("cam"))
+            run.until(lambda: len(run.frames("cam")) >= before + 20, 60, "the camera going on after the restart")
+            code, out, err = run.stop(signal.SIGINT)
+        finally:
+            run.close()
+    assert code == 0, err
+    indices = [p.frame_index for p in run.frames("cam")]
+    assert indices == sorted(set(indices)), "the camera's frame index goes on, never back"
+    assert "reconnecting" in run.states("cam") and run.states("cam")[-1] == "online", run.describe()
+    clip_frames = [p.frame_index for p in run.frames("clip")]
+    assert clip_frames == list(range(len(clip_frames)))
+    assert "restarted: cam x1" in out, out
