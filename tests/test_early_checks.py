@@ -96,3 +96,18 @@ def test_detector_given_as_encoder(shared_models: Path, synthetic_video: Path) -
     result = run_cli("run", "--source", str(synthetic_video), "--models", str(shared_models),
                      "--detector", "none", "--encoder", "yolov8n")
     _fails(result, "yolov8n", "is a detector, not a encoder")
+
+
+def test_network_source_with_an_unknown_host(synthetic_video: Path) -> None:
+    uri = "rtsp://user:secret@no-such-camera.invalid:554/stream1"  # .invalid never resolves (RFC 6761)
+    result = run_cli("run", "--source", f"door={uri}", "--source", str(synthetic_video))
+    _fails(result, "source 'door'", "unknown host 'no-such-camera.invalid'")
+    assert "secret" not in result.stderr
+
+
+def test_network_source_on_a_known_host_is_left_to_its_producer() -> None:
+    from frametok.config import SourceConfig
+    from frametok.streamer.supervisor import _prepare_source
+
+    # nothing listens there: the producer retries with backoff, nothing is refused up front
+    assert _prepare_source(SourceConfig(id="cam", uri="tcp://127.0.0.1:9")) == "tcp://127.0.0.1:9"

@@ -9,6 +9,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -116,6 +117,8 @@ def _prepare_source(src: SourceConfig) -> str:
                     if os.path.isdir(src.uri) else " (the pattern matches no file)"))
         elif kind == "camera":
             check_camera(src.uri)
+        elif kind == "network":
+            _check_host(src.uri)
     except SourceError as exc:
         raise PipelineError(str(exc)) from exc
     return src.uri
@@ -132,6 +135,24 @@ def check_endpoints(config: Config) -> None:
             host = f"[{section.host}]" if ":" in section.host else section.host
             wanted.append((f"{name} (host:port)", f"tcp://{host}:{section.port}"))
     check_endpoints_free(wanted)
+
+
+def _check_host(uri: str) -> None:
+    """A network source whose host name is not known at all (a typo) is refused; a host that is down, or a
+    name server that does not answer yet, is not (its producer retries)."""
+    from urllib.parse import urlsplit
+
+    from ..errors import SourceError
+    from .sources import redact_uri
+
+    host = urlsplit(uri).hostname
+    if not host:
+        raise SourceError(f"{redact_uri(uri)}: no host in the URL")
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_NONAME:
+            raise SourceError(f"{redact_uri(uri)}: unknown host {host!r} ({exc.strerror})") from exc
 
 
 def prepare_models(config: Config, models_dirs: tuple[str, ...] = ()) -> Models:
