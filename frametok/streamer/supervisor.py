@@ -272,8 +272,9 @@ def run_pipeline(
 
 def _apply(ev: EventNotice, summary: RunSummary) -> None:
     data = ev.data
-    if ev.event == "producer_end":
+    if ev.event in ("producer_end", "producer_lost"):  # lost: a producer that died, what it had published
         summary.frames += int(data.get("frames", 0))
+    if ev.event == "producer_end":
         summary.dropped[ev.source] = int(data.get("dropped", 0))
         if data.get("reason") == "error":
             summary.errors[ev.source] = str(data.get("detail", "error"))

@@ -113,6 +113,7 @@ class RunWatch:
         self.lost: dict[str, str] = {}  # stream -> why: the worker was told its producer is gone
         self.restart_at: dict[str, tuple[float, int]] = {}  # stream -> (when, frame to go on from)
         self.attempts: dict[str, int] = {}
+        self.lost_base: dict[str, int] = {}  # stream -> packets published when its producer was last restarted
         self.restarts: dict[str, int] = {}
         self._ctl: Any = None
         health.worker_alive = lambda: self.worker is not None and self.worker.is_alive()
@@ -180,7 +181,7 @@ class RunWatch:
             self.last_frames.update({k: int(v) for k, v in data.get("last_frames", {}).items()})
             self.subscribers = (int(data.get("live_subscriptions", 0)), int(data.get("lossless_subscribers", 0)))
         elif ev.event == "stream_lost":
-            self._lost_confirmed(str(data.get("stream")), int(data.get("last_frame", -1)))
+            self._lost_confirmed(str(data.get("stream")), int(data.get("last_frame", -1)), int(data.get("packets", 0)))
         elif ev.event == "done":
             self.worker_done = True
         if ev.event == "heartbeat":
@@ -285,10 +286,13 @@ class RunWatch:
         self.lost[sid] = detail
         self._send(LostNotice(sid, detail))
 
-    def _lost_confirmed(self, sid: str, last_frame: int) -> None:
+    def _lost_confirmed(self, sid: str, last_frame: int, packets: int) -> None:
         """The worker forgot the dead producer's ring: remove its segments, restart it after the backoff."""
         if self.lost.pop(sid, None) is None:
             return
+        # the frames of the dead producer that were published count in the run's summary
+        self.on_event(EventNotice(sid, "producer_lost", {"frames": packets - self.lost_base.get(sid, 0)}))
+        self.lost_base[sid] = packets
         pattern = re.compile(re.escape(f"{self.run.shm_prefix}{sid}-") + r"\d+")
         with contextlib.suppress(OSError):
             for name in os.listdir("/dev/shm"):

@@ -235,7 +235,7 @@ class _Worker:
             if st.tracker is not None:
                 st.tracker.reset()
             self.publisher.publish(StatusMessage(notice.stream_id, "reconnecting", notice.detail, time.time_ns()))
-            self.event("stream_lost", stream=notice.stream_id, last_frame=st.last_frame)
+            self.event("stream_lost", stream=notice.stream_id, last_frame=st.last_frame, packets=st.published)
             return True
         if isinstance(notice, ResumeNotice):
             if sid in self.resuming:

@@ -126,7 +126,7 @@ def test_producer_killed_is_restarted_and_its_file_goes_on_without_loss(tiny_enc
     assert states.index("reconnecting") < len(states) - 1 - states[::-1].index("online"), states
     eos = [m for m in run.messages if isinstance(m, EndOfStream)]
     assert len(eos) == 1 and eos[0].reason == "end"
-    assert "restarted: clip x1" in out, out
+    assert "restarted: clip x1" in out and "600 frames from 1 stream(s) -> 600 packets" in out, out
     assert run.sub.duplicates == 0 and not run.sub.gaps
 
 
