@@ -8,7 +8,8 @@ at the end it records, for the supervisor and every child process: resident memo
 descriptors and threads; and the run's shared-memory segments in /dev/shm. Reported:
 
 * ``processes``: per process (by name) RSS MiB at warm-up and at the end, growth %, descriptors at both;
-* ``samples``: total RSS MiB of the run every ``--sample-s`` seconds after warm-up (the trend);
+* ``samples``: seconds, total RSS MiB of the run and RSS MiB by process name (the last one of a name) every
+  ``--sample-s`` seconds after warm-up (the trend);
 * ``shm_segments``, ``packets``, ``dropped`` (by the producers: newest frame wins), ``gaps`` (lost by the
   subscriber), ``status`` (per stream, the states seen), and ``health`` (/streams at the end);
 * ``target``: RSS growth under 5 % per process after warm-up; descriptor and segment counts flat.
@@ -79,7 +80,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     packets: Counter[str] = Counter()
     dropped: dict[str, int] = {}
     states: dict[str, list[str]] = {}
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, float, dict[str, float]]] = []  # (s, total RSS MiB, RSS MiB by process name)
     try:
         cmd = [sys.executable, "-m", "frametok", "run", "--publish", endpoint, "--wait-subscribers", "1",
                "--no-progress", "--models", str(args.models), "--detector", args.detector, "--encoder",
@@ -107,7 +108,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         if first is None:
                             first = snap
                         samples.append((round(now - t0, 1),
-                                        round(sum(p["rss_mib"] for p in snap["processes"].values()), 1)))
+                                        round(sum(p["rss_mib"] for p in snap["processes"].values()), 1),
+                                        {k.split(":")[0]: round(v["rss_mib"], 1)
+                                         for k, v in snap["processes"].items()}))
                         next_sample += args.sample_s
                 last = _snapshot(proc.pid)
                 with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/streams", timeout=5) as resp:
@@ -138,7 +141,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "minutes": args.minutes, "warmup_s": warmup_s, "sources": args.sources, "fps": args.fps, "size": args.size,
         "models": {"detector": args.detector, "encoder": args.encoder},
         "processes": rows,
-        "samples_total_rss_mib": samples,
+        "samples": samples,
         "shm_segments": {"files": [first["shm_files"], last["shm_files"]],
                          "mapped": [first["shm_mapped"], last["shm_mapped"]]},
         "packets": dict(packets), "dropped": dropped, "gaps": gaps,

@@ -35,7 +35,7 @@ from typing import Any
 
 import zmq
 
-from ..config import SourceConfig
+from ..config import SourceConfig, source_kind
 from ..errors import SourceError
 from .notices import (
     EndNotice,
@@ -370,7 +370,7 @@ class _Producer:
             frames = decode_frames(self.uri, src.open_timeout_s, read_timeout_s=read_timeout, fps=src.fps,
                                    options=src.options, on_damage=self.damage.append,
                                    start_frame=self._start_frame(), every=src.every)
-            if src.kind == "images" and self.resume_from:  # a restarted producer: what was published is done
+            if source_kind(self.uri) == "images" and self.resume_from:  # restarted: what was published is done
                 return (f for f in frames if f.index >= self.resume_from)
             return frames
 
@@ -380,7 +380,7 @@ class _Producer:
         """A file's first frame: ``start_frame``, or after a restart the first one (of every ``every``-th)
         the worker did not publish yet."""
         start, every = self.src.start_frame, self.src.every
-        if self.src.kind == "file" and self.resume_from > start:
+        if source_kind(self.uri) == "file" and self.resume_from > start:  # the demo is a file too
             start += -(-(self.resume_from - start) // every) * every
         return start
 
