@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -44,6 +45,7 @@ class _Peer:
     credit: int
     last_seen: float
     sent: int = 0
+    pending: deque[int] = field(default_factory=deque)  # ids of the messages sent, not yet credited back
 
     def wants(self, topic: bytes) -> bool:
         return any(topic.startswith(p) for p in self.prefixes)
@@ -66,6 +68,7 @@ class LosslessRouter:
         self.dropped_peers = 0
         self.wait_s = 0.0  # time spent waiting for credit (back-pressure)
         self.on_wait: Callable[[], None] | None = None  # called while waiting (a heartbeat)
+        self.sent_total = 0  # messages given to send(): the next one's id
 
     def _drop(self, peer: _Peer, why: str) -> None:
         log.warning("dropping lossless subscriber %s: %s", peer.identity.hex(), why)
@@ -103,6 +106,8 @@ class LosslessRouter:
                 return
             peer.credit = min(peer.window, peer.credit + max(0, grant))
             peer.last_seen = now
+            for _ in range(min(max(0, grant), len(peer.pending))):
+                peer.pending.popleft()
         elif command == KEY and len(parts) > 2:
             peer.last_seen = now
             try:
@@ -136,8 +141,15 @@ class LosslessRouter:
         self.wait_s += time.monotonic() - start
         return True
 
-    def send(self, topic: bytes, frames: Sequence[Any]) -> None:
-        """Send one encoded message to every lossless subscriber that wants ``topic``, within credit."""
+    def acked_below(self) -> int:
+        """Every message with a smaller id was taken by every subscriber it was sent to (credited back)."""
+        return min((p.pending[0] for p in self.peers.values() if p.pending), default=self.sent_total)
+
+    def send(self, topic: bytes, frames: Sequence[Any]) -> int:
+        """Send one encoded message to every lossless subscriber that wants ``topic``, within credit; returns
+        the message's id (see :meth:`acked_below`)."""
+        message_id = self.sent_total
+        self.sent_total += 1
         self.poll(0)
         for peer in list(self.peers.values()):
             if not peer.wants(topic) or not self._await_credit(peer):
@@ -149,6 +161,8 @@ class LosslessRouter:
                 continue
             peer.credit -= 1
             peer.sent += 1
+            peer.pending.append(message_id)
+        return message_id
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until every subscriber has consumed all it was sent; False on timeout."""

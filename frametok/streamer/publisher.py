@@ -72,19 +72,22 @@ class Publisher:
         """Live subscriptions plus lossless subscribers."""
         return self.subscriptions + (len(self.lossless.peers) if self.lossless else 0)
 
-    def publish(self, message: Message) -> None:
+    def publish(self, message: Message) -> int:
+        """Send ``message``; returns its lossless message id (-1 without a lossless endpoint)."""
         seq = self._seq.get(message.stream_id, 0)
         self._seq[message.stream_id] = seq + 1
         t_publish_ns = time.time_ns()
         frames = encode(message, seq, t_publish_ns)
         self.socket.send_multipart(frames, copy=False)
+        message_id = -1
         if self.lossless is not None:
-            self.lossless.send(frames[0], frames)  # type: ignore[arg-type]
+            message_id = self.lossless.send(frames[0], frames)  # type: ignore[arg-type]
         self.sent += 1
         nbytes = sum(len(f) if isinstance(f, bytes) else f.nbytes for f in frames)
         self.bytes_sent += nbytes
         for hook in self.sent_hooks:
             hook(message, nbytes, t_publish_ns)
+        return message_id
 
     def poll_subscriptions(self, timeout_ms: int = 0) -> int:
         """Handle (un)subscriptions and lossless control messages waiting; returns how many."""

@@ -121,6 +121,10 @@ class FrameRing:
             raise ValueError(f"shared memory {spec.name}: {shm.size} bytes, expected {spec.total_bytes}")
         return cls(spec, shm, owner=False)
 
+    @property
+    def closed(self) -> bool:
+        return self._shm is None
+
     def close(self) -> None:
         """Detach; the owner also unlinks the segment. Safe to call twice."""
         if self._shm is None:

@@ -210,8 +210,9 @@ class Subscriber:
         self._last_hello = time.monotonic()
 
     def _grant(self, force: bool = False) -> None:
-        wanted = self._consumed and (force or self._consumed * 2 >= self.credit)
-        if wanted and self._control([CREDIT, str(self._consumed).encode()]):
+        # every message is credited back at once: the credit is also the publisher's acknowledgement, on which
+        # it lets go of the frame (a frame not acknowledged is redone should the publisher die)
+        if self._consumed and self._control([CREDIT, str(self._consumed).encode()]):
             self._consumed = 0
 
     def _idle(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event
 from typing import Any
@@ -158,6 +159,7 @@ class _Worker:
         if self.publisher.lossless is not None:  # waiting for a slow lossless subscriber is no hang
             self.publisher.lossless.on_wait = self._progress
         self.resuming: set[str] = set()  # restarted worker: streams whose producer has not resumed yet
+        self.undelivered: deque[tuple[int, FrameRing, int, int]] = deque()  # (message id, ring, slot, seq)
         if resume is not None:
             for sid, st in self.streams.items():
                 st.published = resume.packets.get(sid, 0)
@@ -223,6 +225,26 @@ class _Worker:
         else:  # pragma: no cover - only our own processes write here
             log.warning("ignoring unknown notice %r", notice)
 
+    def _release_when_delivered(self, ring: FrameRing, notice: FrameNotice, message_id: int) -> None:
+        """A frame's ring slot goes back to the producer once its packet is delivered: at once for live
+        subscribers, once every lossless subscriber took it (credited it back) otherwise. So a frame still in
+        the ring may not have reached a lossless subscriber, and is redone by the next worker should this one
+        die (one that did reach it is then not yielded twice by the subscriber)."""
+        if message_id < 0 or self.publisher.lossless is None or not self.publisher.lossless.peers:
+            ring.release(notice.slot, notice.seq)
+        else:
+            self.undelivered.append((message_id, ring, notice.slot, notice.seq))
+
+    def _release_delivered(self) -> None:
+        lossless = self.publisher.lossless
+        if lossless is None:
+            return
+        below = lossless.acked_below()
+        while self.undelivered and self.undelivered[0][0] < below:
+            _, ring, slot, seq = self.undelivered.popleft()
+            if not ring.closed:  # a ring replaced meanwhile (the producer retired or lost it)
+                ring.release(slot, seq)
+
     def _restart_notice(self, notice: Any) -> bool:
         """Restarts: True when ``notice`` was handled here (or is stale and dropped)."""
         sid = getattr(notice, "stream_id", None)
@@ -253,11 +275,13 @@ class _Worker:
         batch = _Batch()
         deadline: float | None = None
         while len(batch.notices) < wc.max_batch and not batch.ends:
-            timeout_ms = 100 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            idle_ms = 2 if self.undelivered else 100  # frames wait for their acknowledgement: look often
+            timeout_ms = idle_ms if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             if not self.frames_in.poll(timeout_ms):
                 if deadline is not None or self.stop.is_set():
                     break
                 self.publisher.poll_subscriptions()
+                self._release_delivered()
                 self._progress()  # also the supervisor's heartbeat while idle
                 continue
             self._handle(self.frames_in.recv_pyobj(), batch)
@@ -336,7 +360,7 @@ class _Worker:
                 ring = st.ring
                 assert ring is not None
                 h, w = ring.spec.shape_hwc[:2]
-                self.publisher.publish(TokenPacket(
+                message_id = self.publisher.publish(TokenPacket(
                     stream_id=notice.stream_id,
                     frame_index=notice.frame_index,
                     pts_s=notice.pts_s,
@@ -354,9 +378,7 @@ class _Worker:
                     query_scores=soft.query_scores,
                     preview_jpeg=item.preview_jpeg,
                 ))
-                # released once published: a frame in the ring was not published, and is redone by the next
-                # worker should this one die
-                ring.release(notice.slot, notice.seq)
+                self._release_when_delivered(ring, notice, message_id)
                 st.published += 1
                 st.last_frame = notice.frame_index
             self.batches += 1
@@ -394,6 +416,7 @@ class _Worker:
             batch = self.gather()
             self.process(batch)
             self.publisher.poll_subscriptions()
+            self._release_delivered()
             self._progress()
         self._progress(force=True)
 

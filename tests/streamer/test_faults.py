@@ -218,3 +218,39 @@ def test_live_camera_producer_killed_is_restarted_and_goes_on(tiny_encoder: Path
     clip_frames = [p.frame_index for p in run.frames("clip")]
     assert clip_frames == list(range(len(clip_frames)))
     assert "restarted: cam x1" in out, out
+
+
+def test_hung_worker_is_killed_and_restarted(tiny_encoder: Path, tmp_path: Path) -> None:
+    """A worker that stops (SIGSTOP) sends no progress: after heartbeat_timeout_s it is killed and restarted,
+    and the lossless subscriber still gets every frame once."""
+    clip = write_video(tmp_path / "clip.mp4", frames=400, size_wh=(96, 64), fps=30)
+    run = LosslessRun(tmp_path, [{"id": "clip", "uri": str(clip)}], tiny_models(tiny_encoder),
+                      supervisor={"heartbeat_timeout_s": 3.0})
+    run.until(lambda: len(run.frames("clip")) >= 50, 60, "packets before the hang")
+    run.child("frametok-worker").send_signal(signal.SIGSTOP)
+    out, err = run.finish()
+    assert run.proc.returncode == 0, err
+    assert run.frames("clip") == list(range(400))
+    assert any("worker hung (nothing for 3 s)" in s.detail for s in run.statuses("clip")), run.statuses("clip")
+    assert "restarted: worker x1" in out, out
+
+
+def test_a_producer_that_keeps_crashing_is_given_up_and_the_run_goes_on(tiny_encoder: Path,
+                                                                      tmp_path: Path) -> None:
+    bad = write_video(tmp_path / "bad.mp4", frames=3000, size_wh=(96, 64), fps=30)
+    good = write_video(tmp_path / "good.mp4", frames=300, size_wh=(96, 64), fps=30)
+    run = LosslessRun(tmp_path, [{"id": "bad", "uri": str(bad)}, {"id": "good", "uri": str(good)}],
+                      tiny_models(tiny_encoder), supervisor={"max_restarts": 1})
+    run.until(lambda: len(run.frames("bad")) >= 20, 60, "packets before the first kill")
+    run.child("frametok-src-ba").send_signal(signal.SIGKILL)
+    run.until(lambda: sum(s.state == "online" for s in run.statuses("bad")) >= 2, 60, "the restarted producer")
+    run.child("frametok-src-ba").send_signal(signal.SIGKILL)
+    out, err = run.finish()
+    assert run.proc.returncode == 0, err
+    assert run.frames("good") == list(range(300))
+    eos = next(m for m in run.messages if isinstance(m, EndOfStream) and m.stream_id == "bad")
+    assert eos.reason == "error"
+    assert "producer process died (exit code -9); gave up after 1 restarts within 300 s" in eos.detail
+    assert "failed: bad (producer process died (exit code -9); gave up after 1 restarts" in out, out
+    frames = run.frames("bad")
+    assert frames == list(range(len(frames))), "what was published before it was given up: in order, once"
