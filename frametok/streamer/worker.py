@@ -160,6 +160,7 @@ class _Worker:
             self.publisher.lossless.on_wait = self._progress
         self.resuming: set[str] = set()  # restarted worker: streams whose producer has not resumed yet
         self.undelivered: deque[tuple[int, FrameRing, int, int]] = deque()  # (message id, ring, slot, seq)
+        self._subscribers = (0, 0)  # (live subscriptions, lossless subscribers) last reported
         if resume is not None:
             for sid, st in self.streams.items():
                 st.published = resume.packets.get(sid, 0)
@@ -392,15 +393,17 @@ class _Worker:
 
     def _progress(self, force: bool = False) -> None:
         now = time.monotonic()
-        if force or now - self._last_progress >= _PROGRESS_EVERY_S:
+        lossless = self.publisher.lossless
+        # the subscribers a restarted worker waits for: told to the supervisor as soon as they change
+        subscribers = (self.publisher.subscriptions, len(lossless.peers) if lossless is not None else 0)
+        if force or now - self._last_progress >= _PROGRESS_EVERY_S or subscribers != self._subscribers:
             self._last_progress = now
-            lossless = self.publisher.lossless
+            self._subscribers = subscribers
             self.event("progress", frames=self.frames_done,
                        streams={sid: st.published for sid, st in self.streams.items()},
                        last_frames={sid: st.last_frame for sid, st in self.streams.items()},
                        dropped={sid: st.dropped for sid, st in self.streams.items()},
-                       live_subscriptions=self.publisher.subscriptions,
-                       lossless_subscribers=len(lossless.peers) if lossless is not None else 0)
+                       live_subscriptions=subscribers[0], lossless_subscribers=subscribers[1])
 
     def main(self) -> None:
         self.event("ready", endpoint=self.config.publisher.endpoint, models=self.model_ids)
