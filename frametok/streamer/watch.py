@@ -109,6 +109,7 @@ class RunWatch:
         self.packets: dict[str, int] = {}
         self.last_frames: dict[str, int] = {}
         self.subscribers = (0, 0)  # live subscriptions, lossless subscribers (the worker's last progress)
+        self.expected = (0, 0)  # the subscribers a restarted worker waits for, until it reports them
         self.dead_since: dict[str, float] = {}
         self.lost: dict[str, str] = {}  # stream -> why: the worker was told its producer is gone
         self.restart_at: dict[str, tuple[float, int]] = {}  # stream -> (when, frame to go on from)
@@ -179,7 +180,12 @@ class RunWatch:
         elif ev.event == "progress":
             self.packets.update({k: int(v) for k, v in data.get("streams", {}).items()})
             self.last_frames.update({k: int(v) for k, v in data.get("last_frames", {}).items()})
-            self.subscribers = (int(data.get("live_subscriptions", 0)), int(data.get("lossless_subscribers", 0)))
+            reported = (int(data.get("live_subscriptions", 0)), int(data.get("lossless_subscribers", 0)))
+            # a restarted worker that has not seen its predecessor's subscribers again yet: its successor
+            # still waits for them
+            self.subscribers = (max(reported[0], self.expected[0]), max(reported[1], self.expected[1]))
+            if reported[0] >= self.expected[0] and reported[1] >= self.expected[1]:
+                self.expected = (0, 0)
         elif ev.event == "stream_lost":
             self._lost_confirmed(str(data.get("stream")), int(data.get("last_frame", -1)), int(data.get("packets", 0)))
         elif ev.event == "done":
@@ -232,7 +238,7 @@ class RunWatch:
         self.health.restarted(WORKER)
         if self.stop.wait(delay):
             return
-        live, lossless = self.subscribers
+        live, lossless = self.expected = self.subscribers
         resume = WorkerResume(n, f"{why}; worker restarted (restart {n})", frozenset(self.stream_ended),
                               dict(self.packets), live, lossless, dict(self.last_frames))
         self.start_worker(resume)
