@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
@@ -53,15 +54,25 @@ def test_frame_counters_match_the_packets_sent(shared_media: Path, shared_models
     eos: list[EndOfStream] = []
     mid_run: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     try:
-        for msg in sub:
+        while len(packets) < 30:
+            msg = sub.recv(300)
+            assert msg is not None, "no packet within 300 s"
             if isinstance(msg, TokenPacket):
                 packets.append(msg)
                 if len(packets) == 5:
                     mid_run = scrape(port)
-            elif isinstance(msg, EndOfStream):
-                eos.append(msg)
-        # everything received; the worker now waits for this subscriber's credit (it holds it back)
+        # Every frame received. What follows (the end-of-stream) stays unread for now: the SDK credits a
+        # message when it decodes it, so the worker waits for that credit and its endpoint stays up.
+        deadline = time.monotonic() + 30
         final = scrape(port)
+        while final.get(("frametok_messages_total", (("kind", "eos"), ("stream", "clip")))) != 1:
+            assert time.monotonic() < deadline, "the worker never counted its end-of-stream"
+            time.sleep(0.1)
+            final = scrape(port)
+        for msg in sub:
+            if isinstance(msg, EndOfStream):
+                eos.append(msg)
+            assert not isinstance(msg, TokenPacket), msg
         sub.close()
         out, err = proc.communicate(timeout=120)
     finally:
