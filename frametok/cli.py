@@ -96,6 +96,8 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         worker["threads"] = args.threads
     if args.providers:
         worker["providers"] = args.providers.split(",")
+    if args.precision:
+        worker["precision"] = args.precision
     if worker:
         over["worker"] = worker
     return over
@@ -196,6 +198,33 @@ def cmd_view(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- export
 
 
+def _manifest_kept(onnx: Path, out: str | None, name: str | None) -> Any:
+    """For ``--half`` on an ``.onnx`` whose manifest is already where the export would write it (same graph,
+    by sha256): that manifest's model, to add the fp16 graph to (keeping its source and parity records)."""
+    from .errors import ModelError
+    from .models.manifest import file_sha256
+    from .models.session import locate_model
+
+    manifest_path = Path(out or onnx.parent) / f"{name or onnx.stem}.json"
+    if not manifest_path.exists():
+        return None
+    try:
+        files = locate_model(manifest_path)
+    except ModelError:
+        return None
+    return files if file_sha256(onnx) == files.manifest.onnx_sha256 else None
+
+
+def _add_half(files: Any, args: argparse.Namespace) -> Any:
+    if not args.half:
+        return files
+    from .exporters import add_fp16
+
+    files = add_fp16(files, args.sample)
+    print(f"wrote {files.fp16_onnx_path} (fp16); parity: {files.manifest.fp16.parity}")
+    return files
+
+
 def cmd_export_yolo(args: argparse.Namespace) -> int:
     from .exporters import export_yolo
 
@@ -203,7 +232,12 @@ def cmd_export_yolo(args: argparse.Namespace) -> int:
     if weights.suffix == ".onnx":
         from .models.describe import describe_ultralytics_onnx
         from .models.manifest import write_manifest
+        from .models.session import locate_model
 
+        kept = _manifest_kept(weights, args.out, args.name) if args.half else None
+        if kept is not None:
+            _add_half(kept, args)
+            return EXIT_OK
         out = Path(args.out or weights.parent)
         out.mkdir(parents=True, exist_ok=True)
         manifest = describe_ultralytics_onnx(weights, name=args.name)
@@ -215,16 +249,24 @@ def cmd_export_yolo(args: argparse.Namespace) -> int:
         manifest = manifest.model_copy(update={"onnx_file": target.name})
         path = write_manifest(manifest, target.with_suffix(".json"))
         print(f"wrote {path} for {target}")
+        _add_half(locate_model(path), args)
         return EXIT_OK
     files = export_yolo(weights if weights.exists() else args.weights, Path(args.out), imgsz=args.imgsz,
                         name=args.name, check=not args.no_check)
     print(f"wrote {files.onnx_path} and {files.manifest_path}; parity: {files.manifest.parity}")
+    _add_half(files, args)
     return EXIT_OK
 
 
 def cmd_export_encoder(args: argparse.Namespace) -> int:
     from .exporters import describe_encoder, export_timm_encoder
 
+    describing = (args.mean, args.std, args.prefix_tokens, args.context) != (None, None, None, None)
+    kept = (_manifest_kept(Path(args.model), args.out, args.name)
+            if args.half and args.model.endswith(".onnx") and not describing else None)
+    if kept is not None:
+        _add_half(kept, args)
+        return EXIT_OK
     if args.model.endswith(".onnx"):
         from .models.describe import IMAGENET_MEAN, IMAGENET_STD
 
@@ -239,6 +281,7 @@ def cmd_export_encoder(args: argparse.Namespace) -> int:
     print(f"wrote {files.onnx_path} and {files.manifest_path}: grid {m.grid_hw} x {m.embed_dim}, "  # type: ignore[union-attr]
           f"{m.prefix_tokens} prefix tokens, context {m.context}"  # type: ignore[union-attr]
           + (" (RANDOM weights: for plumbing only)" if m.source.random_init else ""))
+    _add_half(files, args)
     return EXIT_OK
 
 
@@ -313,6 +356,16 @@ def cmd_search(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _half_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--half", action="store_true",
+                        help="also write NAME.fp16.onnx (float16 weights and arithmetic, float32 in and out), "
+                             "checked against the fp32 graph on sample images and recorded in the manifest; "
+                             "with an .onnx whose manifest exists, adds it to that manifest")
+    parser.add_argument("--sample", action="append", metavar="IMAGE",
+                        help="--half: an image to check the fp16 graph on (repeatable; default: Ultralytics' "
+                             "bundled photos)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="frametok", description="Videos and cameras in, token streams out.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what every process does")
@@ -333,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-batch", type=int)
     run.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     run.add_argument("--providers", help="execution providers in order, e.g. tensorrt,cuda,cpu")
+    run.add_argument("--precision", choices=["auto", "fp32", "fp16"],
+                     help="model graphs: auto (default) runs a model's fp16 graph (from `export --half`) on "
+                          "CUDA/TensorRT, fp32 elsewhere; fp16 on any provider (models need one); fp32 always")
     run.add_argument("--wait-subscribers", type=int, metavar="N", help="hold packets until N subscribers")
     run.add_argument("--lossless-endpoint", metavar="ENDPOINT", help="also serve lossless subscribers here")
     run.add_argument("--hwm", type=int, help="live: messages queued per subscriber before a slow one loses them")
@@ -375,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     yolo.add_argument("--imgsz", type=int, default=640)
     yolo.add_argument("--name")
     yolo.add_argument("--no-check", action="store_true", help="skip the parity check against ultralytics")
+    _half_flags(yolo)
     yolo.set_defaults(func=cmd_export_yolo)
     enc = exp_sub.add_parser("encoder", help="timm model name, or an encoder .onnx that needs a manifest")
     enc.add_argument("model")
@@ -387,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--context", choices=["cls", "mean"])
     enc.add_argument("--name")
     enc.add_argument("--no-check", action="store_true")
+    _half_flags(enc)
     enc.set_defaults(func=cmd_export_encoder)
 
     keys = sub.add_parser("keys", help="make a CURVE key pair (NAME.key public, NAME.key_secret secret)")

@@ -206,6 +206,11 @@ class WorkerConfig(_Frozen):
     max_wait_ms: float = Field(10.0, ge=0.0, le=10_000.0)
     providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
     threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads (0: one per core)")
+    precision: Literal["auto", "fp32", "fp16"] = Field(
+        "auto",
+        description="auto: a model's fp16 graph (manifest 'fp16', from `export --half`) on CUDA/TensorRT, fp32 "
+        "otherwise; fp16: the fp16 graphs on any provider (refused for a model without one); fp32: always fp32",
+    )
 
 
 class CurveConfig(_Frozen):

@@ -266,11 +266,14 @@ def export_timm_encoder(
     opset: int = 17,
     name: str | None = None,
     check: bool = True,
+    half: bool = False,
+    half_samples: Sequence[str | Path] | None = None,
 ) -> ModelFiles:
     """Export timm ``model_name``'s ``forward_features`` tokens to ``out_dir/<name>.onnx`` with its manifest.
 
     Input ``image`` (N, 3, H, W), output ``tokens`` (N, T, D), dynamic batch. The manifest is written
-    once torch and onnxruntime agree on a random batch (``check``).
+    once torch and onnxruntime agree on a random batch (``check``). ``half`` also writes
+    ``<name>.fp16.onnx``, checked against the fp32 graph on ``half_samples`` (see :func:`add_fp16`).
     """
     _require_export_extra()
     import torch
@@ -298,7 +301,12 @@ def export_timm_encoder(
             raise ExportError(
                 f"exporting timm model {model_name!r} to ONNX failed: {type(exc).__name__}: {exc}"
             ) from exc
-        return _publish(onnx_tmp, manifest, Path(out_dir).expanduser(), name)
+        files = _publish(onnx_tmp, manifest, Path(out_dir).expanduser(), name)
+    if half:
+        from .half import add_fp16
+
+        files = add_fp16(files, half_samples)
+    return files
 
 
 def _default_input_hw(model: Any) -> tuple[int, int]:

@@ -295,11 +295,14 @@ def export_yolo(
     name: str | None = None,
     sample_image: str | Path | None = None,
     check: bool = True,
+    half: bool = False,
+    half_samples: Sequence[str | Path] | None = None,
 ) -> ModelFiles:
     """Export Ultralytics ``weights`` (.pt, or a model .yaml for random weights) to ``out_dir/<name>.onnx``.
 
     The ONNX has a dynamic batch axis; its manifest ``<name>.json`` is written beside it once the
-    parity check (frametok's Detector against Ultralytics' own prediction) has passed.
+    parity check (frametok's Detector against Ultralytics' own prediction) has passed. ``half`` also
+    writes ``<name>.fp16.onnx``, checked against the fp32 graph on ``half_samples`` (see :func:`add_fp16`).
     """
     weights = Path(weights).expanduser()
     weights = weights.resolve() if weights.exists() else weights  # the export runs in another folder
@@ -323,4 +326,9 @@ def export_yolo(
             raise
         except Exception as exc:  # ultralytics / torch / onnx raise many unrelated types
             raise ExportError(f"exporting YOLO weights {weights} to ONNX failed: {type(exc).__name__}: {exc}") from exc
-        return _publish(onnx_tmp, manifest, Path(out_dir).expanduser(), name)
+        files = _publish(onnx_tmp, manifest, Path(out_dir).expanduser(), name)
+    if half:
+        from .half import add_fp16
+
+        files = add_fp16(files, half_samples or [sample_image or _default_sample()])
+    return files

@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from ..packet import Detections
 from .manifest import DetectorManifest
-from .session import SessionRunner
+from .session import SessionRunner, session_precision
 
 __all__ = ["Detector", "LetterboxInfo", "letterbox_into"]
 
@@ -62,6 +62,11 @@ class Detector:
         self.iou_threshold = iou_threshold
         self.max_det = max_det
         self.num_classes = len(manifest.class_names)
+
+    @property
+    def precision(self) -> str:
+        """``"fp32"`` or ``"fp16"``: the graph the session runs (the manifest's fp16 variant or not)."""
+        return session_precision(self.session)
 
     @property
     def input_hw(self) -> tuple[int, int]:

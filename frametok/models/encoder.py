@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from ..errors import ModelError
 from .manifest import EncoderManifest
-from .session import SessionRunner
+from .session import SessionRunner, session_precision
 
 __all__ = ["EncodedFrames", "Encoder"]
 
@@ -36,6 +36,11 @@ class Encoder:
         std = np.asarray(m.std, np.float32).reshape(3, 1, 1)
         self._scale: NDArray[np.float32] = np.float32(m.scale) / std
         self._offset: NDArray[np.float32] = np.asarray(m.mean, np.float32).reshape(3, 1, 1) / std
+
+    @property
+    def precision(self) -> str:
+        """``"fp32"`` or ``"fp16"``: the graph the session runs (the manifest's fp16 variant or not)."""
+        return session_precision(self.session)
 
     @property
     def input_hw(self) -> tuple[int, int]:

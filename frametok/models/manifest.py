@@ -20,6 +20,7 @@ __all__ = [
     "MANIFEST_SCHEMA_VERSION",
     "DetectorManifest",
     "EncoderManifest",
+    "Fp16Variant",
     "Letterbox",
     "Manifest",
     "WeightsSource",
@@ -52,6 +53,19 @@ class Letterbox(_Frozen):
     center: bool = True
 
 
+class Fp16Variant(_Frozen):
+    """A float16 copy of the graph (weights and arithmetic in fp16; input and output stay float32).
+
+    Made by ``frametok export ... --half`` and checked against the fp32 graph on sample images
+    (``parity``); the runtime runs it on CUDA/TensorRT (``precision: auto``) or when asked (``fp16``).
+    """
+
+    onnx_file: str = Field(min_length=1, description="path of the fp16 .onnx, relative to the manifest's folder")
+    onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    converter: dict[str, str] = Field(default_factory=dict)
+    parity: dict[str, Any] | None = None
+
+
 class _ManifestBase(_Frozen):
     schema_version: int = MANIFEST_SCHEMA_VERSION
     name: str = Field(min_length=1)
@@ -69,6 +83,7 @@ class _ManifestBase(_Frozen):
     source: WeightsSource = WeightsSource()
     exporter: dict[str, str] = Field(default_factory=dict)
     parity: dict[str, Any] | None = None
+    fp16: Fp16Variant | None = None
 
     @field_validator("schema_version")
     @classmethod

@@ -6,7 +6,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from weakref import WeakKeyDictionary
 
 import numpy as np
 from numpy.typing import NDArray
@@ -14,7 +15,18 @@ from numpy.typing import NDArray
 from ..errors import ModelError
 from .manifest import DetectorManifest, EncoderManifest, file_sha256, load_manifest, manifest_path_for
 
-__all__ = ["PROVIDER_ALIASES", "ModelFiles", "SessionRunner", "create_session", "locate_model", "resolve_providers"]
+__all__ = [
+    "PROVIDER_ALIASES",
+    "ModelFiles",
+    "Precision",
+    "SessionRunner",
+    "check_precision",
+    "choose_precision",
+    "create_session",
+    "locate_model",
+    "resolve_providers",
+    "session_precision",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +44,15 @@ class ModelFiles:
     manifest: DetectorManifest | EncoderManifest
     onnx_path: Path
     manifest_path: Path | None = None
+
+    @property
+    def fp16_onnx_path(self) -> Path | None:
+        """The manifest's fp16 graph (``fp16.onnx_file``), if it names one."""
+        variant = self.manifest.fp16
+        if variant is None:
+            return None
+        folder = self.manifest_path.parent if self.manifest_path is not None else self.onnx_path.parent
+        return (folder / variant.onnx_file).resolve()
 
 
 def locate_model(path: str | Path) -> ModelFiles:
@@ -72,6 +93,52 @@ def resolve_providers(wanted: Sequence[str]) -> list[str]:
     return chosen
 
 
+Precision = Literal["auto", "fp32", "fp16"]
+_GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
+_PRECISION: WeakKeyDictionary[Any, str] = WeakKeyDictionary()  # session -> the graph's precision
+
+
+def check_precision(files: ModelFiles, precision: Precision) -> None:
+    """Refuse ``precision="fp16"`` for a model whose manifest has no fp16 graph (or whose file is missing)."""
+    if precision != "fp16":
+        return
+    man, where = files.manifest, files.manifest_path or "<in memory>"
+    fp16 = files.fp16_onnx_path
+    if fp16 is None:
+        raise ModelError(
+            f"precision fp16: {man.kind} {man.name!r} has no fp16 graph (manifest {where} has no 'fp16' entry); "
+            f"make one with `frametok export {'yolo' if man.kind == 'detector' else 'encoder'} "
+            f"{files.onnx_path} --half --out DIR`, or run with --precision auto or fp32"
+        )
+    if not fp16.exists():
+        raise ModelError(f"precision fp16: manifest {where} names {man.fp16.onnx_file}, which does not exist ({fp16})")  # type: ignore[union-attr]
+
+
+def choose_precision(files: ModelFiles, precision: Precision, providers: Sequence[str]) -> Literal["fp32", "fp16"]:
+    """The graph to run: ``auto`` takes the fp16 graph when there is one and the first of ``providers``
+    (resolved onnxruntime names) is CUDA or TensorRT; ``fp16`` always (see :func:`check_precision`)."""
+    if precision == "fp16":
+        check_precision(files, precision)
+        return "fp16"
+    if precision == "auto" and providers and providers[0] in _GPU_PROVIDERS:
+        fp16 = files.fp16_onnx_path
+        if fp16 is not None and fp16.exists():
+            return "fp16"
+    return "fp32"
+
+
+def session_precision(session: Any) -> str:
+    """``"fp16"`` or ``"fp32"``: the graph :func:`create_session` loaded into ``session``."""
+    return _PRECISION.get(session, "fp32")
+
+
+def _provider_options(providers: Sequence[str], precision: str) -> list[Any]:
+    """TensorRT builds fp16 engines only when told (``trt_fp16_enable``)."""
+    if precision != "fp16":
+        return list(providers)
+    return [(p, {"trt_fp16_enable": True}) if p == "TensorrtExecutionProvider" else p for p in providers]
+
+
 def _check_graph(files: ModelFiles, session: Any) -> None:
     man = files.manifest
     where = f"model {files.onnx_path} (manifest {files.manifest_path or '<in memory>'})"
@@ -101,31 +168,45 @@ def create_session(
     providers: Sequence[str] = ("tensorrt", "cuda", "cpu"),
     threads: int = 0,
     verify_sha256: bool = True,
+    precision: Precision = "fp32",
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` for ``files``, checked against its manifest.
 
     ``threads`` is onnxruntime's intra-op thread count (0: its default, one per core).
-    Logs which execution providers actually run.
+    ``precision`` picks the fp32 graph or the manifest's fp16 one (:func:`choose_precision`; read it
+    back with :func:`session_precision`). Logs which graph runs, and on which execution providers.
     """
     import onnxruntime as ort
 
+    resolved = resolve_providers(providers)
+    chosen = choose_precision(files, precision, resolved)
+    onnx_path, want_sha = files.onnx_path, files.manifest.onnx_sha256
+    if chosen == "fp16":
+        assert files.fp16_onnx_path is not None and files.manifest.fp16 is not None
+        onnx_path, want_sha = files.fp16_onnx_path, files.manifest.fp16.onnx_sha256
     if verify_sha256:
-        digest = file_sha256(files.onnx_path)
-        if digest != files.manifest.onnx_sha256:
+        digest = file_sha256(onnx_path)
+        if digest != want_sha:
             raise ModelError(
-                f"model {files.onnx_path}: sha256 {digest[:12]}... does not match its manifest "
-                f"({files.manifest.onnx_sha256[:12]}...); re-export it or rewrite the manifest"
+                f"model {onnx_path}: sha256 {digest[:12]}... does not match its manifest "
+                f"({want_sha[:12]}...); re-export it or rewrite the manifest"
             )
     options = ort.SessionOptions()
     if threads > 0:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     try:
-        session = ort.InferenceSession(str(files.onnx_path), options, providers=resolve_providers(providers))
+        session = ort.InferenceSession(str(onnx_path), options, providers=_provider_options(resolved, chosen))
     except Exception as exc:  # onnxruntime raises its own untyped errors (Fail, InvalidGraph, ...)
-        raise ModelError(f"onnxruntime cannot load {files.onnx_path}: {exc}") from exc
+        raise ModelError(f"onnxruntime cannot load {onnx_path}: {exc}") from exc
+    if precision == "auto" and chosen == "fp16" and session.get_providers()[0] not in _GPU_PROVIDERS:
+        log.warning("%s %s: no GPU provider took the session (%s); loading the fp32 graph instead",
+                    files.manifest.kind, files.manifest.name, ", ".join(session.get_providers()))
+        return create_session(files, providers, threads, verify_sha256, "fp32")
     _check_graph(files, session)
-    log.info("%s %s runs on %s", files.manifest.kind, files.manifest.name, ", ".join(session.get_providers()))
+    _PRECISION[session] = chosen
+    log.info("%s %s runs its %s graph %s on %s", files.manifest.kind, files.manifest.name, chosen, onnx_path.name,
+             ", ".join(session.get_providers()))
     return session
 
 

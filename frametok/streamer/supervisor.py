@@ -25,6 +25,7 @@ import zmq
 from ..config import Config, SourceConfig
 from ..errors import ConfigError, PipelineError
 from ..models.registry import resolve_model
+from ..models.session import check_precision
 from .endpoints import check_endpoints_free
 from .health import HealthServer, HealthState
 from .notices import EventNotice, RunContext
@@ -159,11 +160,15 @@ def prepare_models(config: Config, models_dirs: tuple[str, ...] = ()) -> Models:
     """Find the models and check their manifests before any process starts.
 
     The worker loads them first thing, before any producer starts; a model that onnxruntime cannot
-    load, or whose graph does not match its manifest, is reported from there as a ModelError.
+    load, or whose graph does not match its manifest, is reported from there as a ModelError. So is
+    ``worker.precision: fp16`` for a model whose manifest has no fp16 graph, here.
     """
     search = (*models_dirs, config.models_dir)
     det = resolve_model(config.detector.model, "detector", search) if config.detector else None
     enc = resolve_model(config.encoder.model, "encoder", search) if config.encoder else None
+    for files in (det, enc):
+        if files is not None:
+            check_precision(files, config.worker.precision)
     return Models(det, enc)
 
 

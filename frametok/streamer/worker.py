@@ -110,11 +110,11 @@ class _Worker:
         self.encoder: Encoder | None = None
         if models.detector is not None and config.detector is not None:
             dc = config.detector
-            session = create_session(models.detector, wc.providers, wc.threads)
+            session = create_session(models.detector, wc.providers, wc.threads, precision=wc.precision)
             self.detector = Detector(models.detector.manifest, session,  # type: ignore[arg-type]
                                      dc.conf_threshold, dc.iou_threshold, dc.max_det)
         if models.encoder is not None and config.encoder is not None:
-            session = create_session(models.encoder, wc.providers, wc.threads)
+            session = create_session(models.encoder, wc.providers, wc.threads, precision=wc.precision)
             self.encoder = Encoder(models.encoder.manifest, session)  # type: ignore[arg-type]
         queries: QueryBank | None = None
         if self.encoder is not None and config.encoder is not None and config.encoder.queries:
@@ -124,14 +124,15 @@ class _Worker:
         if self.detector is not None:
             self.model_ids["detector"] = self.detector.manifest.model_id
             model_infos["detector"] = {**self.detector.manifest.info(),
-                                       "providers": list(self.detector.session.get_providers())}
+                                       "providers": list(self.detector.session.get_providers()),
+                                       "precision": self.detector.precision}
         if self.encoder is not None:
             self.model_ids["encoder"] = self.encoder.manifest.model_id
             ec = config.encoder
             assert ec is not None
             model_infos["encoder"] = {
                 **self.encoder.manifest.info(), "dtype": ec.dtype, "pool": ec.pool,
-                "providers": list(self.encoder.session.get_providers()),
+                "providers": list(self.encoder.session.get_providers()), "precision": self.encoder.precision,
                 "queries": list(queries.names) if queries else [],
                 "compression": {"tau": ec.tau, "keyframe_interval": ec.keyframe_interval} if ec.compress else None,
             }

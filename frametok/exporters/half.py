@@ -1,0 +1,314 @@
+"""fp16 graphs: an fp32 ``.onnx`` converted to float16 beside it, checked against it on real images.
+
+The conversion is onnxconverter-common's ``convert_float_to_float16(keep_io_types=True)``: weights and
+arithmetic in fp16, graph input and output still float32 (the runtime's pre- and post-processing do
+not change). Two things keep converted graphs loadable and runnable:
+
+* the graph is first constant-folded by onnxruntime's *basic* optimisations (provider-independent,
+  standard ONNX ops only). Exported ViTs carry shape arithmetic for position-embedding interpolation
+  (``Shape -> ... -> Resize(cubic)``) and float-to-float ``Cast`` nodes. Unfolded, the converter drops
+  its own input cast together with the model's ``Cast(to=float)`` right after the input, wiring the
+  float32 input straight into an fp16 ``Conv`` (onnxruntime refuses the graph: "Type parameter (T) of
+  Optype (Conv) bound to different types"); and with the casts kept, onnxruntime's transpose optimiser
+  moves the ``Resize`` into an invalid layout at run time. For a fixed input size all of that is a
+  constant, and folding it away leaves nothing to get wrong.
+* the converter's "truncated to 1e-07" warnings (tiny weights rounded to fp16's smallest normal
+  value) are collected and counted instead of printed.
+
+:func:`add_fp16` converts, checks parity (detector: the same detections after NMS; encoder: token
+cosine similarity) and records the graph, its sha256 and the parity figures in the manifest's
+``fp16`` entry. Needs ``onnx`` and ``onnxconverter-common`` (the ``export`` extra); no torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import ExportError
+from ..models.detector import Detector
+from ..models.encoder import Encoder
+from ..models.manifest import DetectorManifest, EncoderManifest, Fp16Variant, file_sha256, write_manifest
+from ..models.session import ModelFiles, locate_model
+
+__all__ = [
+    "DET_MAX_SCORE_DIFF",
+    "DET_MIN_IOU",
+    "ENC_MIN_COSINE",
+    "FP16_SUFFIX",
+    "add_fp16",
+    "convert_to_fp16",
+    "default_samples",
+    "detector_parity",
+    "encoder_parity",
+    "fp16_path_for",
+]
+
+FP16_SUFFIX = ".fp16.onnx"
+DET_MIN_IOU = 0.9  # an fp32 detection and its fp16 twin: same class, boxes at least this close ...
+DET_MAX_SCORE_DIFF = 0.02  # ... scores at most this far apart
+ENC_MIN_COSINE = 0.99  # every token of every sample image
+PARITY_THREADS = 2
+
+
+def fp16_path_for(onnx_path: str | Path) -> Path:
+    """``model.onnx`` -> ``model.fp16.onnx`` (same folder)."""
+    path = Path(onnx_path)
+    return path.with_name(path.stem + FP16_SUFFIX)
+
+
+def _require_converter() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxconverter_common  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(
+            f"making an fp16 graph needs onnx and onnxconverter-common ({exc}); install them with "
+            "`pip install 'frametok[export]'`"
+        ) from exc
+
+
+def _versions(packages: Sequence[str]) -> dict[str, str]:
+    found = {}
+    for package in packages:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def _fold_constants(src: Path, dst: Path) -> None:
+    """onnxruntime's basic (provider-independent) optimisations, constant folding included, saved to ``dst``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(dst)
+    options.log_severity_level = 3  # its "cannot constant fold" notes are not ours to fix
+    try:
+        ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own untyped errors
+        raise ExportError(f"onnxruntime cannot load {src} to fold its constants: {exc}") from exc
+
+
+def _prune_opsets(model: Any) -> None:
+    """Drop the opset imports no node uses (onnxruntime lists all of its own domains when it saves)."""
+    used = {node.domain for node in model.graph.node} | {""}
+    keep = [op for op in model.opset_import if op.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+
+
+def convert_to_fp16(src: str | Path, dst: str | Path) -> dict[str, str]:
+    """Write the fp16 version of the fp32 graph ``src`` to ``dst``; return how it was made (for the manifest)."""
+    _require_converter()
+    import onnx
+    from onnxconverter_common import float16
+
+    src, dst = Path(src), Path(dst)
+    with tempfile.TemporaryDirectory(prefix="frametok-fp16-") as tmp:
+        folded = Path(tmp) / "folded.onnx"
+        _fold_constants(src, folded)
+        model = onnx.load(str(folded))
+    _prune_opsets(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model16 = float16.convert_float_to_float16(model, keep_io_types=True)
+        except Exception as exc:  # the converter raises ValueError and whatever onnx raises
+            raise ExportError(f"converting {src} to fp16 failed: {type(exc).__name__}: {exc}") from exc
+    truncated = sum("truncated" in str(w.message) for w in caught)
+    try:
+        onnx.save(model16, str(dst))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot write the fp16 graph {dst}: {exc}") from exc
+    return {
+        **_versions(["onnxconverter-common", "onnx", "onnxruntime"]),
+        "recipe": "onnxruntime basic constant folding, then convert_float_to_float16(keep_io_types=True)",
+        "fp32_sha256": file_sha256(src),
+        "truncation_warnings": str(truncated),
+    }
+
+
+# --------------------------------------------------------------------------- parity
+
+
+def default_samples() -> list[Path]:
+    """Photos to check an fp16 graph on when none are given: Ultralytics' bundled assets (bus, zidane)."""
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is not None and spec.origin is not None:
+        found = sorted((Path(spec.origin).parent / "assets").glob("*.jpg"))
+        if found:
+            return found
+    raise ExportError(
+        "checking an fp16 graph needs sample images (photos of the kind the model will see): "
+        "pass them with --sample IMAGE (repeatable)"
+    )
+
+
+def _read_rgb(path: Path) -> NDArray[np.uint8]:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ExportError(f"sample image {path} is missing or not a readable image")
+    return np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), np.uint8)
+
+
+def _cpu_session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = PARITY_THREADS
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own untyped errors
+        raise ExportError(f"onnxruntime (CPU) cannot load the fp16 graph {path}: {exc}") from exc
+
+
+def _unmatched(
+    a: Any, b: Any, floor: float, name_a: str, name_b: str, image: str
+) -> tuple[list[str], list[float], list[float]]:
+    """Detections of ``a`` scoring ``>= floor`` that ``b`` does not reproduce; and the IoUs and score gaps
+    of the pairs found."""
+    from .yolo import box_iou
+
+    problems, ious, gaps = [], [], []
+    iou = box_iou(a.xyxy, b.xyxy)
+    for i in np.argsort(-a.score, kind="stable"):
+        same = b.class_id == a.class_id[i]
+        j = int(np.argmax(np.where(same, iou[i], -1.0))) if same.any() else -1
+        best = float(iou[i, j]) if j >= 0 else 0.0
+        gap = abs(float(a.score[i]) - float(b.score[j])) if j >= 0 else 1.0
+        if j >= 0 and best >= DET_MIN_IOU:
+            ious.append(best)
+            gaps.append(gap)
+        if a.score[i] < floor:
+            continue  # a box this close to the threshold may fall either side of it
+        if best < DET_MIN_IOU or gap > DET_MAX_SCORE_DIFF:
+            problems.append(
+                f"{image}: {name_a} class {int(a.class_id[i])} score {float(a.score[i]):.3f} box "
+                f"{np.round(a.xyxy[i], 1).tolist()}: best {name_b} twin IoU {best:.3f}, score gap {gap:.3f}"
+            )
+    return problems, ious, gaps
+
+
+def detector_parity(manifest: DetectorManifest, fp32: Path, fp16: Path, images: Sequence[Path]) -> dict[str, Any]:
+    """Run both graphs on ``images`` (CPU) and compare detections after NMS; raise ExportError when they differ.
+
+    Every detection of either graph scoring at least the threshold + :data:`DET_MAX_SCORE_DIFF` must
+    have a twin in the other: same class, IoU >= :data:`DET_MIN_IOU`, score within
+    :data:`DET_MAX_SCORE_DIFF` (one nearer the threshold may fall either side of it).
+    """
+    det32, det16 = Detector(manifest, _cpu_session(fp32)), Detector(manifest, _cpu_session(fp16))
+    floor = det32.conf_threshold + DET_MAX_SCORE_DIFF
+    problems: list[str] = []
+    ious: list[float] = []
+    gaps: list[float] = []
+    counts = [0, 0]
+    raw_diff = 0.0
+    for path in images:
+        frame = _read_rgb(path)
+        h, w = det32.input_hw
+        batch = np.empty((1, 3, h, w), np.float32)
+        info = det32.preprocess(frame, batch[0])
+        raw32, raw16 = det32.infer(batch), det16.infer(batch)
+        raw_diff = max(raw_diff, float(np.abs(raw32.astype(np.float64) - raw16).max()))
+        d32, d16 = det32.postprocess(raw32[0], info), det16.postprocess(raw16[0], info)
+        counts[0] += len(d32.score)
+        counts[1] += len(d16.score)
+        p1, i1, g1 = _unmatched(d32, d16, floor, "fp32", "fp16", path.name)
+        p2, _, _ = _unmatched(d16, d32, floor, "fp16", "fp32", path.name)
+        problems += p1 + p2
+        ious += i1
+        gaps += g1
+    record: dict[str, Any] = {
+        "samples": [p.name for p in images],
+        "boxes_fp32": counts[0],
+        "boxes_fp16": counts[1],
+        "matched": len(ious),
+        "min_iou": round(min(ious), 4) if ious else None,
+        "max_score_diff": round(max(gaps), 4) if gaps else None,
+        "raw_max_abs_diff": round(raw_diff, 4),
+        "rule": f"score >= {floor:.2f}: same class, IoU >= {DET_MIN_IOU}, score within {DET_MAX_SCORE_DIFF}",
+    }
+    if problems:
+        raise ExportError(f"{fp16}: the fp16 graph does not reproduce the fp32 detections: {'; '.join(problems)}; "
+                          f"parity {record}")
+    return record
+
+
+def encoder_parity(manifest: EncoderManifest, fp32: Path, fp16: Path, images: Sequence[Path]) -> dict[str, Any]:
+    """Run both graphs on ``images`` (CPU) and compare every token; raise ExportError below :data:`ENC_MIN_COSINE`."""
+    enc32, enc16 = Encoder(manifest, _cpu_session(fp32)), Encoder(manifest, _cpu_session(fp16))
+    batch = np.empty((len(images), 3, *enc32.input_hw), np.float32)
+    for i, path in enumerate(images):
+        enc32.preprocess(_read_rgb(path), batch[i])
+    a, b = enc32.infer(batch).astype(np.float64), enc16.infer(batch).astype(np.float64)
+    cosine = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+    record: dict[str, Any] = {
+        "samples": [p.name for p in images],
+        "tokens_shape": list(a.shape),
+        "min_cosine": round(float(cosine.min()), 6),
+        "mean_cosine": round(float(cosine.mean()), 6),
+        "max_abs_diff": round(float(np.abs(a - b).max()), 4),
+        "finite": bool(np.isfinite(b).all()),
+    }
+    if not record["finite"] or record["min_cosine"] < ENC_MIN_COSINE:
+        raise ExportError(f"{fp16}: the fp16 tokens differ from the fp32 ones (min cosine {record['min_cosine']} "
+                          f"< {ENC_MIN_COSINE}, or not finite); parity {record}")
+    return record
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _remove_quietly(*paths: Path) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
+def add_fp16(files: ModelFiles, samples: Sequence[str | Path] | None = None) -> ModelFiles:
+    """Convert ``files``' graph to fp16 (``<name>.fp16.onnx`` beside it), check it on ``samples`` and add it
+    to the manifest (``fp16``: file, sha256, converter, parity). Leaves the model as it was when a step fails."""
+    if files.manifest_path is None:
+        raise ExportError(f"{files.onnx_path}: an fp16 graph is recorded in the manifest file; this model has none")
+    images = [Path(s).expanduser() for s in samples] if samples else default_samples()
+    target = fp16_path_for(files.onnx_path)
+    staging = target.with_name(f".{target.name}.partial")
+    try:
+        converter = convert_to_fp16(files.onnx_path, staging)
+        man = files.manifest
+        if isinstance(man, DetectorManifest):
+            parity = detector_parity(man, files.onnx_path, staging, images)
+        else:
+            parity = encoder_parity(man, files.onnx_path, staging, images)
+        variant = Fp16Variant(
+            onnx_file=os.path.relpath(target.resolve(), files.manifest_path.resolve().parent),
+            onnx_sha256=file_sha256(staging),
+            converter=converter,
+            parity=parity,
+        )
+        os.replace(staging, target)
+    except OSError as exc:
+        raise ExportError(f"cannot write the fp16 graph {target}: {exc}") from exc
+    finally:
+        _remove_quietly(staging)
+    try:
+        write_manifest(man.model_copy(update={"fp16": variant}), files.manifest_path)
+    except OSError as exc:
+        _remove_quietly(target)
+        raise ExportError(f"cannot rewrite the manifest {files.manifest_path}: {exc}") from exc
+    return locate_model(files.manifest_path)
