@@ -2,7 +2,7 @@
 
 The conversion is onnxconverter-common's ``convert_float_to_float16(keep_io_types=True)``: weights and
 arithmetic in fp16, graph input and output still float32 (the runtime's pre- and post-processing do
-not change). Two things keep converted graphs loadable and runnable:
+not change). Three things keep converted graphs loadable and runnable:
 
 * the graph is first constant-folded by onnxruntime's *basic* optimisations (provider-independent,
   standard ONNX ops only). Exported ViTs carry shape arithmetic for position-embedding interpolation
@@ -12,6 +12,8 @@ not change). Two things keep converted graphs loadable and runnable:
   Optype (Conv) bound to different types"); and with the casts kept, onnxruntime's transpose optimiser
   moves the ``Resize`` into an invalid layout at run time. For a fixed input size all of that is a
   constant, and folding it away leaves nothing to get wrong.
+* ``Cast(to=float)`` nodes that remain (shape arithmetic on a dynamic batch) are made to cast to
+  float16, as the converter already typed their outputs (:func:`_retype_float_casts`);
 * the converter's "truncated to 1e-07" warnings (tiny weights rounded to fp16's smallest normal
   value) are collected and counted instead of printed.
 
@@ -112,6 +114,29 @@ def _prune_opsets(model: Any) -> None:
     model.opset_import.extend(keep)
 
 
+def _retype_float_casts(model: Any) -> int:
+    """``Cast(to=float)`` nodes whose output the converter typed float16: make them cast to float16.
+
+    The converter rewrites tensors' types but not ``Cast`` targets; a graph with a dynamic batch keeps
+    such casts after constant folding (shape arithmetic: a grid size or a head dimension cast to float,
+    as in YOLO's anchors and timm's attention scale), and onnxruntime then refuses the graph ("Type
+    (tensor(float16)) of output arg ... of node ... Cast does not match expected type (tensor(float))").
+    """
+    from onnx import TensorProto
+
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.output)}
+    retyped = 0
+    for node in graph.node:
+        if node.op_type != "Cast" or types.get(node.output[0]) != TensorProto.FLOAT16:
+            continue
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.FLOAT16
+                retyped += 1
+    return retyped
+
+
 def convert_to_fp16(src: str | Path, dst: str | Path) -> dict[str, str]:
     """Write the fp16 version of the fp32 graph ``src`` to ``dst``; return how it was made (for the manifest)."""
     _require_converter()
@@ -131,6 +156,7 @@ def convert_to_fp16(src: str | Path, dst: str | Path) -> dict[str, str]:
         except Exception as exc:  # the converter raises ValueError and whatever onnx raises
             raise ExportError(f"converting {src} to fp16 failed: {type(exc).__name__}: {exc}") from exc
     truncated = sum("truncated" in str(w.message) for w in caught)
+    retyped = _retype_float_casts(model16)
     try:
         onnx.save(model16, str(dst))
     except (OSError, ValueError) as exc:
@@ -140,6 +166,7 @@ def convert_to_fp16(src: str | Path, dst: str | Path) -> dict[str, str]:
         "recipe": "onnxruntime basic constant folding, then convert_float_to_float16(keep_io_types=True)",
         "fp32_sha256": file_sha256(src),
         "truncation_warnings": str(truncated),
+        "casts_retyped": str(retyped),
     }
 
 
