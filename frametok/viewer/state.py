@@ -21,7 +21,7 @@ from ..streamer.render import message_dict
 __all__ = ["Board", "StreamState"]
 
 WINDOW_S = 2.0  # rates are averaged over this many seconds of publish time (and at least two frames)
-_MODEL_KEYS = frozenset({"name", "id", "providers", "grid_hw", "embed_dim", "compression", "dtype"})
+_MODEL_KEYS = frozenset({"name", "id", "providers", "precision", "grid_hw", "embed_dim", "compression", "dtype"})
 
 
 @dataclass(frozen=True)
