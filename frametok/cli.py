@@ -8,9 +8,12 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, FrametokError, PipelineError
+
+if TYPE_CHECKING:
+    from .models.session import ModelFiles
 
 __all__ = ["main"]
 
@@ -198,7 +201,7 @@ def cmd_view(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- export
 
 
-def _manifest_kept(onnx: Path, out: str | None, name: str | None) -> Any:
+def _manifest_kept(onnx: Path, out: str | None, name: str | None) -> ModelFiles | None:
     """For ``--half`` on an ``.onnx`` whose manifest is already where the export would write it (same graph,
     by sha256): that manifest's model, to add the fp16 graph to (keeping its source and parity records)."""
     from .errors import ModelError
@@ -215,13 +218,14 @@ def _manifest_kept(onnx: Path, out: str | None, name: str | None) -> Any:
     return files if file_sha256(onnx) == files.manifest.onnx_sha256 else None
 
 
-def _add_half(files: Any, args: argparse.Namespace) -> Any:
+def _add_half(files: ModelFiles, args: argparse.Namespace) -> ModelFiles:
     if not args.half:
         return files
     from .exporters import add_fp16
 
     files = add_fp16(files, args.sample)
-    print(f"wrote {files.fp16_onnx_path} (fp16); parity: {files.manifest.fp16.parity}")
+    parity = files.manifest.fp16.parity if files.manifest.fp16 is not None else None
+    print(f"wrote {files.fp16_onnx_path} (fp16); parity: {parity}")
     return files
 
 

@@ -104,14 +104,14 @@ def check_precision(files: ModelFiles, precision: Precision) -> None:
         return
     man, where = files.manifest, files.manifest_path or "<in memory>"
     fp16 = files.fp16_onnx_path
-    if fp16 is None:
+    if man.fp16 is None or fp16 is None:
         raise ModelError(
             f"precision fp16: {man.kind} {man.name!r} has no fp16 graph (manifest {where} has no 'fp16' entry); "
             f"make one with `frametok export {'yolo' if man.kind == 'detector' else 'encoder'} "
             f"{files.onnx_path} --half --out DIR`, or run with --precision auto or fp32"
         )
     if not fp16.exists():
-        raise ModelError(f"precision fp16: manifest {where} names {man.fp16.onnx_file}, which does not exist ({fp16})")  # type: ignore[union-attr]
+        raise ModelError(f"precision fp16: manifest {where} names {man.fp16.onnx_file}, which does not exist ({fp16})")
 
 
 def choose_precision(files: ModelFiles, precision: Precision, providers: Sequence[str]) -> Literal["fp32", "fp16"]:
