@@ -239,18 +239,23 @@ def _run(args: list[str]) -> tuple[list[Any], str, int]:
 
 def test_run_precision_fp16_reports_it_and_detects_as_fp32(half_dir: Path, shared_media: Path) -> None:
     clip = ["--source", f"clip={shared_media / 'vtest_small_3s.mp4'}", "--detector",
-            str(half_dir / "yolov8n_coco.onnx"), "--encoder", "none", "--no-track"]
+            str(half_dir / "yolov8n_coco.onnx"), "--encoder", str(half_dir / "dinov2_vits14.json"), "--no-track"]
     runs = {}
     for precision in ("fp16", "auto"):  # auto: fp32 on the CPU provider
         messages, output, code = _run([*clip, "--precision", precision])
         assert code == 0, output
         info = next(m for m in messages if isinstance(m, StreamInfo))
-        runs[precision] = (info.models["detector"], [m for m in messages if isinstance(m, TokenPacket)])
+        runs[precision] = (info.models, [m for m in messages if isinstance(m, TokenPacket)])
         assert isinstance(messages[-1], EndOfStream) and messages[-1].frames == 30
-    assert runs["fp16"][0]["precision"] == "fp16" and runs["auto"][0]["precision"] == "fp32"
-    assert runs["fp16"][0]["providers"] == ["CPUExecutionProvider"]
-    assert runs["fp16"][0]["id"] == runs["auto"][0]["id"]  # the same weights
+    for role in ("detector", "encoder"):
+        assert runs["fp16"][0][role]["precision"] == "fp16" and runs["auto"][0][role]["precision"] == "fp32"
+        assert runs["fp16"][0][role]["providers"] == ["CPUExecutionProvider"]
+        assert runs["fp16"][0][role]["id"] == runs["auto"][0][role]["id"]  # the same weights
     fp16, fp32 = runs["fp16"][1], runs["auto"][1]
+    for a, b in zip(fp32, fp16, strict=True):  # context (CLS) tokens, float16 on the wire either way
+        assert a.context_token is not None and b.context_token is not None
+        ca, cb = a.context_token.astype(np.float64), b.context_token.astype(np.float64)
+        assert ca @ cb / (np.linalg.norm(ca) * np.linalg.norm(cb)) >= MIN_COSINE, a.frame_index
     assert [p.frame_index for p in fp16] == [p.frame_index for p in fp32] == list(range(30))
     boxes, ties = 0, []
     for a, b in zip(fp32, fp16, strict=True):
