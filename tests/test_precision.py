@@ -4,6 +4,8 @@ in fp16 against fp32 on real photos (CPU provider), and a real `frametok run --p
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +275,22 @@ def test_run_precision_fp16_without_an_fp16_graph_is_refused(shared_models: Path
     assert done.returncode == 2, done.stdout + done.stderr
     assert "precision fp16: detector 'yolov8n' has no fp16 graph" in done.stderr
     assert "--half" in done.stderr and "yolov8n.json" in done.stderr
+
+
+def test_precision_config_is_checked() -> None:
+    from frametok.config import load_config
+    from frametok.errors import ConfigError
+
+    source = {"sources": [{"id": "a", "uri": "clip.mp4"}]}
+    assert load_config(None, source).worker.precision == "auto"
+    assert load_config(None, {**source, "worker": {"precision": "fp16"}}).worker.precision == "fp16"
+    with pytest.raises(ConfigError, match="precision"):
+        load_config(None, {**source, "worker": {"precision": "bf16"}})
+
+
+def test_the_converter_is_imported_only_to_convert() -> None:
+    code = (
+        "import sys, frametok.cli, frametok.streamer.worker, frametok.exporters as e; e.add_fp16; "
+        "bad = {'onnxconverter_common', 'onnx', 'torch', 'ultralytics', 'timm'} & set(sys.modules); assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
