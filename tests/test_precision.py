@@ -89,6 +89,7 @@ def test_export_half_writes_both_graphs_and_records_them(half_dir: Path, shared_
         assert man.onnx_sha256 == file_sha256(shared_models / f"{stem}.onnx")  # the fp32 graph is the original
         assert fp16.converter["fp32_sha256"] == man.onnx_sha256 and "onnxconverter-common" in fp16.converter
         assert fp16.parity is not None and fp16.parity["samples"] == list(SAMPLES)
+        assert 10 < fp16.parity["fp32_peak_activation"] < 0.5 * 65504  # measured: YOLO 643.5, DINOv2 959.5
         # float16 weights and arithmetic, float32 at the edges (the runtime's pre/post-processing is unchanged)
         graph = onnx.load(str(half_dir / fp16.onnx_file)).graph
         assert [i.type.tensor_type.elem_type for i in graph.input] == [onnx.TensorProto.FLOAT]
@@ -221,6 +222,30 @@ def test_parity_lets_near_ties_through(half_dir: Path, shared_media: Path, tmp_p
     assert record["near_ties"] >= 1, record  # without the raw-score check this would be refused
     assert record["matched"] + record["near_ties"] >= record["boxes_fp32"] >= 14, record
     assert record["max_score_diff"] <= MAX_SCORE_DIFF and record["min_iou"] >= MIN_IOU
+
+
+def test_activation_headroom_refuses_a_graph_that_would_overflow_fp16(tmp_path: Path) -> None:
+    """A graph whose fp32 activations pass fp16's range: its fp16 twin could give inf on a GPU (the CPU provider
+    computes many fp16 nodes in fp32, so parity alone would not show it)."""
+    from onnx import TensorProto, helper
+
+    from frametok.exporters.half import _check_headroom, activation_peak
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, 4, 4])
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [1e5])
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "scale"], ["big"], name="scale_up"),
+                               helper.make_node("Mul", ["big", "scale"], ["y"], name="scale_again")],
+                              "g", [x], [y], [scale])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "big.onnx"))
+    batch = np.full((1, 3, 4, 4), 1e-6, np.float32)
+    peak, where = activation_peak(tmp_path / "big.onnx", "x", [batch])
+    assert (where, round(peak, 3)) == ("y", 10000.0)  # 1e-6 * 1e5 * 1e5: within the headroom ("big" is 0.1)
+    batch[0, 0, 0, 0] = 1.0
+    record: dict[str, Any] = {}
+    with pytest.raises(ExportError, match=r"reaches 1e\+10 in 'y'.*could overflow"):
+        _check_headroom(tmp_path / "big.onnx", tmp_path / "big.fp16.onnx", "x", [batch], record)
+    assert record["fp32_peak_tensor"] == "y"
 
 
 # --------------------------------------------------------------------------- frametok run

@@ -62,6 +62,8 @@ FP16_SUFFIX = ".fp16.onnx"
 DET_MIN_IOU = 0.9  # an fp32 detection and its fp16 twin: same class, boxes at least this close ...
 DET_MAX_SCORE_DIFF = 0.02  # ... scores at most this far apart
 ENC_MIN_COSINE = 0.99  # every token of every sample image
+FP16_MAX = 65504.0
+HEADROOM = 0.5  # the fp32 graph's activations on the samples must stay below this share of FP16_MAX
 PARITY_THREADS = 2
 
 
@@ -205,6 +207,49 @@ def _cpu_session(path: Path) -> Any:
         raise ExportError(f"onnxruntime (CPU) cannot load the fp16 graph {path}: {exc}") from exc
 
 
+def activation_peak(fp32: Path, input_name: str, batches: Sequence[NDArray[np.float32]]) -> tuple[float, str]:
+    """The largest ``|value|`` of any float tensor the fp32 graph computes on ``batches``, and its name.
+
+    On the CPU provider onnxruntime runs many fp16 nodes in fp32 (it inserts casts where it has no
+    fp16 kernel), so the parity check there cannot see an activation that overflows float16 on a GPU;
+    this looks for one directly.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(fp32)))
+    graph = model.graph
+    produced = {out for node in graph.node if node.op_type != "Constant" for out in node.output}
+    listed = {o.name for o in graph.output}
+    graph.output.extend(vi for vi in graph.value_info
+                        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+                        and vi.name in produced and vi.name not in listed)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = PARITY_THREADS
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as written
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    peak, where = 0.0, ""
+    for batch in batches:
+        for name, value in zip(names, session.run(None, {input_name: batch}), strict=True):
+            top = float(np.abs(value).max()) if value.size and value.dtype.kind == "f" else 0.0
+            if top > peak:
+                peak, where = top, name
+    return peak, where
+
+
+def _check_headroom(fp32: Path, fp16: Path, input_name: str, batches: Sequence[NDArray[np.float32]],
+                    record: dict[str, Any]) -> None:
+    peak, where = activation_peak(fp32, input_name, batches)
+    record["fp32_peak_activation"] = round(peak, 1)
+    record["fp32_peak_tensor"] = where
+    if peak > HEADROOM * FP16_MAX:
+        raise ExportError(
+            f"{fp16}: the fp32 graph reaches {peak:.4g} in {where!r} on the samples, too close to float16's "
+            f"largest value ({FP16_MAX:g}): the fp16 graph could overflow on a GPU; keep this model in fp32"
+        )
+
+
 def _anchors_xyxy(raw: NDArray[np.float32], info: LetterboxInfo) -> NDArray[np.float32]:
     """Every anchor's box of one image's raw output ``(4 + C, A)``, in source-frame pixels."""
     cx, cy, w, h = raw[:4].astype(np.float32)
@@ -268,11 +313,13 @@ def detector_parity(manifest: DetectorManifest, fp32: Path, fp16: Path, images: 
     counts = [0, 0]
     ties = 0
     raw_diff = 0.0
+    batches = []
     for path in images:
         frame = _read_rgb(path)
         h, w = det32.input_hw
         batch = np.empty((1, 3, h, w), np.float32)
         info = det32.preprocess(frame, batch[0])
+        batches.append(batch)
         raw32, raw16 = det32.infer(batch)[0], det16.infer(batch)[0]
         raw_diff = max(raw_diff, float(np.abs(raw32.astype(np.float64) - raw16).max()))
         d32, d16 = det32.postprocess(raw32, info), det16.postprocess(raw16, info)
@@ -295,6 +342,7 @@ def detector_parity(manifest: DetectorManifest, fp32: Path, fp16: Path, images: 
         "raw_max_abs_diff": round(raw_diff, 4),
         "rule": f"score >= {floor:.2f}: same class, IoU >= {DET_MIN_IOU}, score within {DET_MAX_SCORE_DIFF}",
     }
+    _check_headroom(fp32, fp16, manifest.input_name, batches, record)
     if problems:
         raise ExportError(f"{fp16}: the fp16 graph does not reproduce the fp32 detections: {'; '.join(problems)}; "
                           f"parity {record}")
@@ -317,6 +365,7 @@ def encoder_parity(manifest: EncoderManifest, fp32: Path, fp16: Path, images: Se
         "max_abs_diff": round(float(np.abs(a - b).max()), 4),
         "finite": bool(np.isfinite(b).all()),
     }
+    _check_headroom(fp32, fp16, manifest.input_name, [batch[i : i + 1] for i in range(len(batch))], record)
     if not record["finite"] or record["min_cosine"] < ENC_MIN_COSINE:
         raise ExportError(f"{fp16}: the fp16 tokens differ from the fp32 ones (min cosine {record['min_cosine']} "
                           f"< {ENC_MIN_COSINE}, or not finite); parity {record}")
