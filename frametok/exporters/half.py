@@ -18,7 +18,9 @@ not change). Three things keep converted graphs loadable and runnable:
   value) are collected and counted instead of printed.
 
 :func:`add_fp16` converts, checks parity (detector: the same detections after NMS; encoder: token
-cosine similarity) and records the graph, its sha256 and the parity figures in the manifest's
+cosine similarity) and headroom (the fp32 graph's largest activation on the samples against
+float16's range: the CPU provider computes many fp16 nodes in fp32, so parity there would not show
+an overflow on a GPU) and records the graph, its sha256 and those figures in the manifest's
 ``fp16`` entry. Needs ``onnx`` and ``onnxconverter-common`` (the ``export`` extra); no torch.
 """
 
