@@ -251,7 +251,10 @@ def cmd_export_yolo(args: argparse.Namespace) -> int:
 
             shutil.copy2(weights, target)
         manifest = manifest.model_copy(update={"onnx_file": target.name})
-        path = write_manifest(manifest, target.with_suffix(".json"))
+        try:
+            path = write_manifest(manifest, target.with_suffix(".json"))
+        except OSError as exc:
+            raise ConfigError(f"cannot write the manifest beside {target} ({exc}); give --out DIR") from exc
         print(f"wrote {path} for {target}")
         _add_half(locate_model(path), args)
         return EXIT_OK
