@@ -265,31 +265,41 @@ def _run(args: list[str]) -> tuple[list[Any], str, int]:
 
 
 def test_run_precision_fp16_reports_it_and_detects_as_fp32(half_dir: Path, shared_media: Path) -> None:
-    clip = ["--source", f"clip={shared_media / 'vtest_small_3s.mp4'}", "--detector",
-            str(half_dir / "yolov8n_coco.onnx"), "--encoder", str(half_dir / "dinov2_vits14.json"), "--no-track"]
-    runs = {}
-    for precision in ("fp16", "auto"):  # auto: fp32 on the CPU provider
-        messages, output, code = _run([*clip, "--precision", precision])
-        assert code == 0, output
-        info = next(m for m in messages if isinstance(m, StreamInfo))
-        runs[precision] = (info.models, [m for m in messages if isinstance(m, TokenPacket)])
-        assert isinstance(messages[-1], EndOfStream) and messages[-1].frames == 30
-    for role in ("detector", "encoder"):
-        assert runs["fp16"][0][role]["precision"] == "fp16" and runs["auto"][0][role]["precision"] == "fp32"
-        assert runs["fp16"][0][role]["providers"] == ["CPUExecutionProvider"]
-        assert runs["fp16"][0][role]["id"] == runs["auto"][0][role]["id"]  # the same weights
-    fp16, fp32 = runs["fp16"][1], runs["auto"][1]
-    for a, b in zip(fp32, fp16, strict=True):  # context (CLS) tokens, float16 on the wire either way
-        assert a.context_token is not None and b.context_token is not None
-        ca, cb = a.context_token.astype(np.float64), b.context_token.astype(np.float64)
-        assert ca @ cb / (np.linalg.norm(ca) * np.linalg.norm(cb)) >= MIN_COSINE, a.frame_index
-    assert [p.frame_index for p in fp16] == [p.frame_index for p in fp32] == list(range(30))
+    """`frametok run --precision fp16` against the fp32 graphs run here on the same decoded frames."""
+    from frametok.streamer.sources import decode_frames
+
+    clip = shared_media / "vtest_small_3s.mp4"
+    messages, output, code = _run(["--source", f"clip={clip}", "--detector", str(half_dir / "yolov8n_coco.onnx"),
+                                   "--encoder", str(half_dir / "dinov2_vits14.json"), "--no-track",
+                                   "--precision", "fp16"])
+    assert code == 0, output
+    assert isinstance(messages[-1], EndOfStream) and messages[-1].frames == 30
+    models = next(m for m in messages if isinstance(m, StreamInfo)).models
+    det_files, enc_files = locate_model(half_dir / "yolov8n_coco.json"), locate_model(half_dir / "dinov2_vits14.json")
+    for role, files in (("detector", det_files), ("encoder", enc_files)):
+        assert models[role]["precision"] == "fp16" and models[role]["providers"] == ["CPUExecutionProvider"]
+        assert models[role]["id"] == files.manifest.model_id  # the weights' id: the same in fp16
+    fp16 = [m for m in messages if isinstance(m, TokenPacket)]
+    assert [p.frame_index for p in fp16] == list(range(30))
+
+    frames = [f.frame_rgb for f in decode_frames(str(clip))]
+    assert len(frames) == 30
+    assert isinstance(det_files.manifest, DetectorManifest) and isinstance(enc_files.manifest, EncoderManifest)
+    det32 = Detector(det_files.manifest, create_session(det_files, ("cpu",), 2, precision="fp32"))
+    enc32 = Encoder(enc_files.manifest, create_session(enc_files, ("cpu",), 2, precision="fp32"))
     boxes, ties = 0, []
-    for a, b in zip(fp32, fp16, strict=True):
-        assert a.detections is not None and b.detections is not None
-        assert not _twins_missing(a.detections, b.detections, ties), a.frame_index
-        assert not _twins_missing(b.detections, a.detections, ties), a.frame_index
-        boxes += len(a.detections.score)
+    for frame, b in zip(frames, fp16, strict=True):
+        a = det32([frame])[0]
+        assert b.detections is not None
+        assert not _twins_missing(a, b.detections, ties), b.frame_index
+        assert not _twins_missing(b.detections, a, ties), b.frame_index
+        boxes += len(a.score)
+        batch = np.empty((1, 3, 224, 224), np.float32)
+        enc32.preprocess(frame, batch[0])
+        ca = enc32.infer(batch)[0, 0].astype(np.float64)  # CLS, the context token
+        assert b.context_token is not None  # float16 on the wire
+        cb = b.context_token.astype(np.float64)
+        assert ca @ cb / (np.linalg.norm(ca) * np.linalg.norm(cb)) >= MIN_COSINE, b.frame_index
     assert boxes >= 150  # pedestrians and cars in every frame
     assert len(ties) <= 3, ties  # measured: 2 (a car/truck tie on a parked van, a person box at NMS's IoU)
 
