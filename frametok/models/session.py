@@ -181,9 +181,9 @@ def create_session(
     resolved = resolve_providers(providers)
     chosen = choose_precision(files, precision, resolved)
     onnx_path, want_sha = files.onnx_path, files.manifest.onnx_sha256
-    if chosen == "fp16":
-        assert files.fp16_onnx_path is not None and files.manifest.fp16 is not None
-        onnx_path, want_sha = files.fp16_onnx_path, files.manifest.fp16.onnx_sha256
+    variant, variant_path = files.manifest.fp16, files.fp16_onnx_path
+    if chosen == "fp16" and variant is not None and variant_path is not None:  # choose_precision checked both
+        onnx_path, want_sha = variant_path, variant.onnx_sha256
     if verify_sha256:
         digest = file_sha256(onnx_path)
         if digest != want_sha:
