@@ -162,11 +162,14 @@ class FrameRing:
         return best
 
     def acquire(
-        self, policy: Literal["file", "live"], timeout_s: float | None = None, poll_s: float = 0.0005
+        self, policy: Literal["file", "live"], timeout_s: float | None = None, poll_s: float = 0.0005,
+        max_poll_s: float = 0.008,
     ) -> tuple[int, int] | None:
         """A slot to write the next frame into, and the frame seq it drops (-1: none dropped).
 
-        ``file`` waits (up to ``timeout_s``) until the worker releases a slot; ``live`` never waits:
+        ``file`` waits (up to ``timeout_s``) until the worker releases a slot, looking every ``poll_s``
+        at first and backing off to ``max_poll_s``: a full ring means the worker is busy for a while, and
+        thousands of wake-ups a second per producer would slow its models down. ``live`` never waits:
         it takes a free slot, else overwrites the oldest unclaimed frame (a drop), else returns None
         (every slot is being read right now: the new frame is the one to drop).
         """
@@ -183,6 +186,7 @@ class FrameRing:
             if deadline is not None and time.monotonic() >= deadline:
                 return None
             time.sleep(poll_s)
+            poll_s = min(poll_s * 2, max_poll_s)
 
     def taken(self, slot: int, seq: int) -> bool:
         """Has the worker claimed or released frame ``seq`` in ``slot``, or was it overwritten since?"""
