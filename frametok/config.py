@@ -60,7 +60,11 @@ class SourceConfig(_Frozen):
     policy: Literal["file", "live"] | None = Field(
         None, description="file: every frame, back-pressure; live: newest frame wins (default by kind)"
     )
-    slots: int = Field(4, ge=2, le=64, description="frames in the source's shared-memory ring")
+    slots: int | None = Field(
+        None, ge=2, le=64,
+        description="frames in the source's shared-memory ring (default: 2 x worker.max_batch and at least 4 "
+        "for file sources, so the next batch is decoded while the worker runs one; 4 for live sources)",
+    )
     fps: float | None = Field(
         None, gt=0.0, le=1000.0,
         description="image folders: the frame rate that gives each image its pts_s (None: no pts); "
@@ -311,6 +315,16 @@ class Config(_Frozen):
         if self.detector is None and self.encoder is None:
             raise ValueError("nothing to compute: both detector and encoder are null")
         return self
+
+    def ring_slots(self, source: SourceConfig) -> int:
+        """Frames in ``source``'s ring: its ``slots``, else room for two batches of a file source (one
+        in the models, the next one decoded and pre-processed meanwhile), 4 for a live one (the newest
+        frame wins: a deeper ring would only hold older frames)."""
+        if source.slots is not None:
+            return source.slots
+        if source.effective_policy == "live":
+            return 4
+        return max(4, 2 * self.worker.max_batch)
 
 
 def _format_errors(exc: ValidationError, origin: str) -> str:

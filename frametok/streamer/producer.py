@@ -296,7 +296,7 @@ class _Producer:
             self._retire(self.ring, timeout_s=10.0)
         self.generation += 1
         name = f"{self.run.shm_prefix}{self.stream_id}-{self.generation}"
-        self.ring = FrameRing.create(name, self.src.slots, shape)
+        self.ring = FrameRing.create(name, self.src.slots or 4, shape)
         self.notify(OpenNotice(self.stream_id, self.ring.spec))
         return self.ring
 

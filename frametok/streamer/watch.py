@@ -136,7 +136,8 @@ class RunWatch:
     def start_producer(self, src: SourceConfig, attempt: int = 0, resume_from: int = 0) -> None:
         self.producers[src.id] = self._spawn(
             producer_main, f"frametok-producer-{src.id}",
-            (src, self.uris[src.id], self.run, self.stop, self.log_level, self.epoch, attempt, resume_from))
+            (src.model_copy(update={"slots": self.config.ring_slots(src)}), self.uris[src.id], self.run, self.stop,
+             self.log_level, self.epoch, attempt, resume_from))
         # a new process imports its libraries before it can say anything: that is no hang
         self.last_seen[src.id] = time.monotonic() + _PRODUCER_STARTUP_S
         self.dead_since.pop(src.id, None)
