@@ -54,6 +54,13 @@ class RunSummary:
     stopped: bool = False
     bytes_sent: int = 0
     model_time_s: float = 0.0
+    active_s: float = 0.0  # the worker's time from its first frame to its last packet
+    batches: int = 0
+
+    @property
+    def model_busy(self) -> float:
+        """Share of the worker's active time spent in the models (1.0: the models never waited)."""
+        return min(1.0, self.model_time_s / self.active_s) if self.active_s > 0 else 0.0
 
     @property
     def total_packets(self) -> int:
@@ -68,6 +75,8 @@ class RunSummary:
             f"frametok: {self.frames} frames from {len(self.packets)} stream(s) -> {self.total_packets} packets "
             f"in {self.seconds:.1f} s ({self.fps:.2f} fps); dropped {sum(self.dropped.values())}"
         )
+        if self.batches:
+            text += f"; models busy {100 * self.model_busy:.0f}% (mean batch {self.total_packets / self.batches:.1f})"
         if self.stopped:
             text += "; stopped early"
         if self.restarts:
@@ -291,6 +300,8 @@ def _apply(ev: EventNotice, summary: RunSummary) -> None:
             summary.dropped[sid] = max(summary.dropped.get(sid, 0), int(dropped))  # that could not report
         summary.bytes_sent = int(data.get("bytes_sent", 0))
         summary.model_time_s = float(data.get("model_time_s", 0.0))
+        summary.active_s = float(data.get("active_s", 0.0))
+        summary.batches = int(data.get("batches", 0))
     elif ev.event == "progress":
         summary.packets.update({k: int(v) for k, v in data.get("streams", {}).items()})
 

@@ -6,16 +6,15 @@ import logging
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.synchronize import Event
 from typing import Any
 
-import numpy as np
 import zmq
 
 from ..config import Config
 from ..errors import ConfigError, FrametokError
-from ..models.detector import Detector, LetterboxInfo
+from ..models.detector import Detector
 from ..models.encoder import Encoder
 from ..models.session import ModelFiles, create_session
 from ..models.soft_tokens import QueryBank
@@ -30,6 +29,7 @@ from ..packet import (
     TokenPacket,
     topic_for,
 )
+from .batches import Batch, Inference, Loaded, ModelLane
 from .metrics import MetricsServer, WorkerMetrics, serve_metrics
 from .notices import (
     EndNotice,
@@ -82,22 +82,7 @@ class _Stream:
     discarded: int = 0
     ended: bool = False
     last_frame: int = -1  # the frame index of the last packet published
-
-
-@dataclass
-class _Batch:
-    notices: list[FrameNotice] = field(default_factory=list)
-    ends: list[EndNotice] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class _Loaded:
-    """A frame pre-processed into the batch tensors: its letterbox, and its row in the encoder batch."""
-
-    notice: FrameNotice
-    letterbox: LetterboxInfo | None
-    encoder_row: int  # -1: the encoder is skipped for this frame
-    preview_jpeg: bytes | None = None
+    reset_tracker: bool = False  # the stream reconnected: its next frame starts the tracker afresh
 
 
 class _Worker:
@@ -147,11 +132,17 @@ class _Worker:
         infos = {s.id: StreamInfo(s.id, s.effective_policy, model_infos) for s in config.sources}  # type: ignore[arg-type]
         # batch buffers, allocated once
         n = wc.max_batch
-        self.det_batch = (np.empty((n, 3, *self.detector.input_hw), np.float32) if self.detector else None)
-        self.enc_batch = (np.empty((n, 3, *self.encoder.input_hw), np.float32) if self.encoder else None)
+        self.lane = ModelLane(self.detector, self.encoder, n)
         self.ctx = zmq.Context()
         self.frames_in = self.ctx.socket(zmq.PULL)
         self.frames_in.bind(run.frames_endpoint)
+        self.poll_frames = zmq.Poller()
+        self.poll_frames.register(self.frames_in, zmq.POLLIN)
+        self.poll_frames_or_models = zmq.Poller()  # while the models run: wake up when they finish too
+        self.poll_frames_or_models.register(self.frames_in, zmq.POLLIN)
+        self.poll_frames_or_models.register(self.lane.wake_fd, zmq.POLLIN)
+        self.deferred: deque[Any] = deque()  # notices held back while the models run (see gather)
+        self._deferring: set[str] = set()  # the streams they are from
         self.events_out = self.ctx.socket(zmq.PUSH)
         self.events_out.setsockopt(zmq.LINGER, 2000)
         self.events_out.connect(run.events_endpoint)
@@ -177,6 +168,8 @@ class _Worker:
         self.batches = 0
         self.frames_done = 0
         self.model_time_s = 0.0
+        self.active_since: float | None = None  # monotonic: the first batch of frames began loading
+        self.active_until = 0.0  # monotonic: the last batch of frames was published
         self._last_progress = 0.0
 
     def _tracker_for(self, fps: float | None) -> Tracker | None:
@@ -201,11 +194,29 @@ class _Worker:
 
     # ------------------------------------------------------------------ notices
 
-    def _handle(self, notice: Any, batch: _Batch) -> None:
+    def _take(self, notice: Any, batch: Batch, models_busy: bool) -> None:
+        """A notice from a producer: into ``batch``, or held back (see :meth:`gather`)."""
+        sid = getattr(notice, "stream_id", None)
+        st = self.streams.get(sid) if isinstance(sid, str) else None
+        one_more_live = (models_busy and isinstance(notice, FrameNotice) and st is not None and st.policy == "live"
+                         and batch.has_stream(st.stream_id))
+        if st is not None and (st.stream_id in self._deferring or one_more_live):
+            self.deferred.append(notice)  # and everything after it from that stream, to keep its order
+            self._deferring.add(st.stream_id)
+            return
+        self._handle(notice, batch)
+
+    def _take_deferred(self, batch: Batch) -> None:
+        """The notices held back while the models ran, in the order they came, as far as ``batch`` has room."""
+        while self.deferred and len(batch.frames) < self.config.worker.max_batch and not batch.ends:
+            self._handle(self.deferred.popleft(), batch)
+        self._deferring = {n.stream_id for n in self.deferred}
+
+    def _handle(self, notice: Any, batch: Batch) -> None:
         if self._restart_notice(notice):
             return
         if isinstance(notice, FrameNotice):
-            batch.notices.append(notice)
+            self._load(notice, batch)
         elif isinstance(notice, OpenNotice):
             st = self.streams[notice.stream_id]
             if st.ring is not None:
@@ -220,7 +231,7 @@ class _Worker:
         elif isinstance(notice, StatusNotice):
             st = self.streams[notice.stream_id]
             if notice.state in _TRACK_RESET_STATES and st.tracker is not None:
-                st.tracker.reset()  # what follows a reconnect is not the same scene; ids are not reused
+                st.reset_tracker = True  # what follows a reconnect is not the same scene; ids are not reused
             self.publisher.publish(StatusMessage(notice.stream_id, notice.state, notice.detail, notice.t_ns))  # type: ignore[arg-type]
         elif isinstance(notice, EndNotice):
             batch.ends.append(notice)
@@ -232,6 +243,8 @@ class _Worker:
         subscribers, once every lossless subscriber took it (credited it back) otherwise. So a frame still in
         the ring may not have reached a lossless subscriber, and is redone by the next worker should this one
         die (one that did reach it is then not yielded twice by the subscriber)."""
+        if ring.closed:  # replaced meanwhile (the producer retired or lost it)
+            return
         if message_id < 0 or self.publisher.lossless is None or not self.publisher.lossless.peers:
             ring.release(notice.slot, notice.seq)
         else:
@@ -256,8 +269,7 @@ class _Worker:
             if st.ring is not None:
                 st.ring.close()
                 st.ring = None
-            if st.tracker is not None:
-                st.tracker.reset()
+            st.reset_tracker = st.tracker is not None
             self.publisher.publish(StatusMessage(notice.stream_id, "reconnecting", notice.detail, time.time_ns()))
             self.event("stream_lost", stream=notice.stream_id, last_frame=st.last_frame, packets=st.published)
             return True
@@ -271,126 +283,161 @@ class _Worker:
         # meant for the worker that died: the producer announces it all again after its resume
         return sid in self.resuming or (sid in self.streams and self.streams[sid].ended)
 
-    def gather(self) -> _Batch:
-        """Up to ``max_batch`` ready frames, waiting at most ``max_wait_ms`` after the first one."""
+    def gather(self) -> Batch:
+        """The next batch for the models: frames pre-processed as they arrive, while the models run the
+        batch before (if any).
+
+        The batch closes when it holds ``max_batch`` frames or a stream ended; else, once the models are
+        free, ``max_wait_ms`` after its first frame (at once if that time passed while they ran). While the
+        models run, a live stream adds at most one frame: the next one waits unclaimed, so its producer
+        keeps replacing it with newer ones and a busy camera cannot fill a batch ahead of a quiet stream.
+        With nothing gathered when the models finish, it returns at once, so their packets go out.
+        """
         wc = self.config.worker
-        batch = _Batch()
+        batch = self.lane.new_batch()
         deadline: float | None = None
-        while len(batch.notices) < wc.max_batch and not batch.ends:
-            idle_ms = 2 if self.undelivered else 100  # frames wait for their acknowledgement: look often
-            timeout_ms = idle_ms if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            if not self.frames_in.poll(timeout_ms):
-                if deadline is not None or self.stop.is_set():
+        while len(batch.frames) < wc.max_batch and not batch.ends and not self.stop.is_set():
+            busy = self.lane.busy
+            now = time.monotonic()
+            if not busy:
+                if self.deferred:
+                    self._take_deferred(batch)
+                    if batch.frames and deadline is None:
+                        deadline = now + wc.max_wait_ms / 1000.0
+                    continue
+                if self.lane.running is not None and not batch.frames:
+                    break  # the models finished and nothing came meanwhile: publish what they made
+                if deadline is not None and now >= deadline:
                     break
+            if busy:
+                poller, timeout_ms = self.poll_frames_or_models, 100
+            elif deadline is not None:
+                poller, timeout_ms = self.poll_frames, max(0, int((deadline - now) * 1000))
+            else:  # idle; frames waiting for their acknowledgement: look often
+                poller, timeout_ms = self.poll_frames, 2 if self.undelivered else 100
+            ready = dict(poller.poll(timeout_ms))
+            if self.lane.wake_fd in ready:
+                self.lane.drain_wake()
+            if self.frames_in in ready:
+                self._take(self.frames_in.recv_pyobj(), batch, busy)
+                if batch.frames and deadline is None:
+                    deadline = time.monotonic() + wc.max_wait_ms / 1000.0
+            elif not ready and deadline is None:
                 self.publisher.poll_subscriptions()
                 self._release_delivered()
                 self._progress()  # also the supervisor's heartbeat while idle
-                continue
-            self._handle(self.frames_in.recv_pyobj(), batch)
-            if batch.notices and deadline is None:
-                deadline = time.monotonic() + wc.max_wait_ms / 1000.0
         return batch
 
     # ------------------------------------------------------------------ processing
 
-    def _load(self, batch: _Batch) -> list[_Loaded]:
-        """Pre-process each frame straight from shared memory into the batch tensors."""
-        loaded: list[_Loaded] = []
-        encoded = 0
-        for notice in batch.notices:
-            st = self.streams[notice.stream_id]
-            st.dropped = notice.dropped
-            ring = st.ring
-            version = ring.claim(notice.slot, notice.seq) if ring is not None else None
-            if ring is None or version is None:
-                st.discarded += 1  # overwritten by a newer frame (live policy)
-                continue
-            view = ring.view(notice.slot)
-            letterbox = None
-            if self.detector is not None and self.det_batch is not None:
-                letterbox = self.detector.preprocess(view, self.det_batch[len(loaded)])
-            row = -1
-            can_encode = self.encoder is not None and self.enc_batch is not None and st.soft is not None
-            if can_encode and st.soft.wants_encoder(view):  # type: ignore[union-attr]
-                self.encoder.preprocess(view, self.enc_batch[encoded])  # type: ignore[union-attr,index]
-                row = encoded
-            preview = make_preview(view, self.config.preview) if self.config.preview.enabled else None
-            ok = ring.verify(notice.slot, version)
-            if not ok:
-                ring.release(notice.slot, notice.seq)
-                st.discarded += 1
-                if row >= 0 and st.soft is not None:
-                    st.soft.discard()
-                continue
-            encoded += row >= 0
-            loaded.append(_Loaded(notice, letterbox, row, preview))
-        return loaded
+    def _load(self, notice: FrameNotice, batch: Batch) -> None:
+        """Pre-process a frame straight from shared memory into ``batch``'s tensors."""
+        st = self.streams[notice.stream_id]
+        st.dropped = notice.dropped
+        ring = st.ring
+        version = ring.claim(notice.slot, notice.seq) if ring is not None else None
+        if ring is None or version is None:
+            st.discarded += 1  # overwritten by a newer frame (live policy)
+            return
+        if self.active_since is None:
+            self.active_since = time.monotonic()
+        view = ring.view(notice.slot)
+        lane = self.lane
+        letterbox = None
+        if self.detector is not None and lane.det_tensors is not None:
+            letterbox = self.detector.preprocess(view, lane.det_tensors[batch.tensors][len(batch.frames)])
+        row = -1
+        if self.encoder is not None and lane.enc_tensors is not None and st.soft is not None \
+                and st.soft.wants_encoder(view):
+            self.encoder.preprocess(view, lane.enc_tensors[batch.tensors][batch.encoder_rows])
+            row = batch.encoder_rows
+        preview = make_preview(view, self.config.preview) if self.config.preview.enabled else None
+        if not ring.verify(notice.slot, version):
+            ring.release(notice.slot, notice.seq)
+            st.discarded += 1
+            if row >= 0 and st.soft is not None:
+                st.soft.discard()
+            return
+        batch.encoder_rows += row >= 0
+        batch.frames.append(Loaded(notice, ring, letterbox, row, preview, st.reset_tracker))
+        st.reset_tracker = False
 
-    def process(self, batch: _Batch) -> None:
-        loaded = self._load(batch)
-        n = len(loaded)
+    def _publish(self, batch: Batch, out: Inference) -> None:
+        """Post-process a batch the models ran (NMS, tracks, soft tokens), publish its packets in order, then
+        the ends of its streams."""
+        n = len(batch.frames)
+        dets: list[Detections | None] = [None] * n
+        if self.detector is not None and out.detections_raw is not None:
+            for i, item in enumerate(batch.frames):  # in frame order within each stream
+                found = self.detector.postprocess(out.detections_raw[i], item.letterbox)  # type: ignore[arg-type]
+                tracker = self.streams[item.notice.stream_id].tracker
+                if tracker is not None:
+                    if item.reset_tracker:
+                        tracker.reset()
+                    found = tracker.update(found)
+                dets[i] = found
+        enc = out.encoded
+        self.model_time_s += out.detector_s + out.encoder_s
+        if self.metrics is not None:
+            self.metrics.on_batch(n, out.detector_s if self.detector is not None else None,
+                                  out.encoder_s if enc is not None else None, self.streams)
+        t_infer = time.time_ns()
+        for i, item in enumerate(batch.frames):
+            notice = item.notice
+            st = self.streams[notice.stream_id]
+            soft = SoftTokens()
+            if st.soft is not None:
+                if item.encoder_row >= 0 and enc is not None:
+                    soft = st.soft.encoded(enc.context[item.encoder_row], enc.patches[item.encoder_row])
+                else:
+                    soft = st.soft.skip()
+            h, w = item.ring.spec.shape_hwc[:2]
+            message_id = self.publisher.publish(TokenPacket(
+                stream_id=notice.stream_id,
+                frame_index=notice.frame_index,
+                pts_s=notice.pts_s,
+                size_wh=(w, h),
+                policy=st.policy,  # type: ignore[arg-type]
+                dropped=notice.dropped,
+                timestamps=Timestamps(notice.t_capture_ns, notice.t_decode_ns, t_infer),
+                detections=dets[i],
+                context_token=soft.context,
+                patch_tokens=soft.patches,
+                models=self.model_ids,
+                grid_update=soft.grid_update,
+                content_tokens=soft.content,
+                query_tokens=soft.query_tokens,
+                query_scores=soft.query_scores,
+                preview_jpeg=item.preview_jpeg,
+            ))
+            self._release_when_delivered(item.ring, notice, message_id)
+            st.published += 1
+            st.last_frame = notice.frame_index
         if n:
-            t0 = time.perf_counter()
-            dets: list[Detections | None] = [None] * n
-            if self.detector is not None and self.det_batch is not None:
-                raw = self.detector.infer(self.det_batch[:n])
-                dets = [self.detector.postprocess(raw[i], item.letterbox) for i, item in enumerate(loaded)]  # type: ignore[arg-type]
-                for i, item in enumerate(loaded):  # in frame order within each stream
-                    tracker = self.streams[item.notice.stream_id].tracker
-                    if tracker is not None and dets[i] is not None:
-                        dets[i] = tracker.update(dets[i])  # type: ignore[arg-type]
-            t_det = time.perf_counter()
-            m = sum(item.encoder_row >= 0 for item in loaded)
-            enc = None
-            if m and self.encoder is not None and self.enc_batch is not None:
-                enc = self.encoder.split(self.encoder.infer(self.enc_batch[:m]))
-            t1 = time.perf_counter()
-            self.model_time_s += t1 - t0
-            if self.metrics is not None:
-                self.metrics.on_batch(n, t_det - t0 if self.detector is not None else None,
-                                      t1 - t_det if enc is not None else None, self.streams)
-            t_infer = time.time_ns()
-            for i, item in enumerate(loaded):
-                notice = item.notice
-                st = self.streams[notice.stream_id]
-                soft = SoftTokens()
-                if st.soft is not None:
-                    if item.encoder_row >= 0 and enc is not None:
-                        soft = st.soft.encoded(enc.context[item.encoder_row], enc.patches[item.encoder_row])
-                    else:
-                        soft = st.soft.skip()
-                ring = st.ring
-                assert ring is not None
-                h, w = ring.spec.shape_hwc[:2]
-                message_id = self.publisher.publish(TokenPacket(
-                    stream_id=notice.stream_id,
-                    frame_index=notice.frame_index,
-                    pts_s=notice.pts_s,
-                    size_wh=(w, h),
-                    policy=st.policy,  # type: ignore[arg-type]
-                    dropped=notice.dropped,
-                    timestamps=Timestamps(notice.t_capture_ns, notice.t_decode_ns, t_infer),
-                    detections=dets[i],
-                    context_token=soft.context,
-                    patch_tokens=soft.patches,
-                    models=self.model_ids,
-                    grid_update=soft.grid_update,
-                    content_tokens=soft.content,
-                    query_tokens=soft.query_tokens,
-                    query_scores=soft.query_scores,
-                    preview_jpeg=item.preview_jpeg,
-                ))
-                self._release_when_delivered(ring, notice, message_id)
-                st.published += 1
-                st.last_frame = notice.frame_index
             self.batches += 1
             self.frames_done += n
-        for end in batch.ends:
+            self.active_until = time.monotonic()
+        self._end_streams(batch.ends)
+
+    def _end_streams(self, ends: list[EndNotice]) -> None:
+        for end in ends:
             st = self.streams[end.stream_id]
             st.ended = True
             self.publisher.publish(EndOfStream(end.stream_id, st.published, end.reason, end.detail))  # type: ignore[arg-type]
             self.event("stream_end", stream=end.stream_id, packets=st.published, reason=end.reason,
                        detail=end.detail)
+
+    def step(self) -> None:
+        """Gather the next batch while the models run the one before; then start the models on it and
+        publish the one before while they run."""
+        batch = self.gather()
+        finished = self.lane.result() if self.lane.running is not None else None
+        if batch.frames:
+            self.lane.submit(batch)
+        if finished is not None:
+            self._publish(*finished)
+        if not batch.frames:  # nothing for the models: its ends follow the packets before them
+            self._end_streams(batch.ends)
 
     def _progress(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -417,11 +464,12 @@ class _Worker:
         for info in self.publisher.infos.values():
             self.publisher.publish(info)
         while not self.stop.is_set() and not all(st.ended for st in self.streams.values()):
-            batch = self.gather()
-            self.process(batch)
+            self.step()
             self.publisher.poll_subscriptions()
             self._release_delivered()
             self._progress()
+        if self.lane.running is not None:  # stopped: what the models are running still goes out
+            self._publish(*self.lane.result())
         self._progress(force=True)
 
     def _stopping(self) -> bool:
@@ -451,11 +499,14 @@ class _Worker:
         return True
 
     def close(self) -> None:
+        self.lane.close()
         if self.stop.is_set():
             for st in self.streams.values():
                 if not st.ended:
                     self.publisher.publish(EndOfStream(st.stream_id, st.published, "stopped", "run stopped"))
+        active_s = self.active_until - self.active_since if self.active_since is not None else 0.0
         self.event("done", frames=self.frames_done, batches=self.batches, model_time_s=self.model_time_s,
+                   active_s=max(0.0, active_s),
                    packets={sid: st.published for sid, st in self.streams.items()},
                    discarded={sid: st.discarded for sid, st in self.streams.items()},
                    dropped={sid: st.dropped for sid, st in self.streams.items()},

@@ -335,7 +335,8 @@ def test_live_source_faster_than_the_worker_drops_and_keeps_latency_bounded(
     indices = [p.frame_index for p in packets]
     assert indices == sorted(indices)
     jumps = np.diff(indices)
-    assert (jumps > 1).mean() > 0.5, f"the frame index should jump (frames dropped): {indices[:20]}"
+    # frames come in pairs at most (one taken while the models run, the next when they finish): then a jump
+    assert (jumps > 1).mean() > 0.3, f"the frame index should jump (frames dropped): {indices[:20]}"
     drops = [p.dropped for p in packets]
     assert drops == sorted(drops) and drops[-1] > drops[0] and drops[-1] >= 0.3 * indices[-1]
     latency_ms = np.array([(t - p.timestamps.t_capture_ns) / 1e6 for t, p in received])

@@ -1,0 +1,149 @@
+"""The worker's batches, and the thread that runs the models on them.
+
+Frames are pre-processed straight into one of two sets of batch tensors. While :class:`ModelLane` runs
+the models on one set in its own thread (onnxruntime releases the GIL), the worker's main thread gathers
+and pre-processes the next batch into the other set and post-processes and publishes the batch before:
+the models wait for nothing but frames. The lane says it is free through a pipe the worker's
+``zmq.Poller`` watches beside its frame socket, so the worker sleeps until a frame arrives or the models
+finish, never polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..models.detector import Detector, LetterboxInfo
+from ..models.encoder import EncodedFrames, Encoder
+from .notices import EndNotice, FrameNotice
+from .ring import FrameRing
+
+__all__ = ["Batch", "Inference", "Loaded", "ModelLane"]
+
+_TENSOR_SETS = 2  # one batch in the models, the next one being filled
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A frame pre-processed into its batch: the ring it came from (its slot is released once the packet
+    is delivered), its letterbox, and its row in the encoder's tensor (-1: the encoder is skipped)."""
+
+    notice: FrameNotice
+    ring: FrameRing
+    letterbox: LetterboxInfo | None
+    encoder_row: int
+    preview_jpeg: bytes | None = None
+    reset_tracker: bool = False  # the first frame after its stream reconnected
+
+
+@dataclass(frozen=True)
+class Inference:
+    """What the models made of one batch, and the seconds each took."""
+
+    detections_raw: NDArray[np.float32] | None
+    encoded: EncodedFrames | None
+    detector_s: float
+    encoder_s: float
+
+
+@dataclass
+class Batch:
+    """Frames gathered for one run of the models, into tensor set ``tensors``; ``ends``: streams that ended
+    after them."""
+
+    tensors: int
+    frames: list[Loaded] = field(default_factory=list)
+    ends: list[EndNotice] = field(default_factory=list)
+    encoder_rows: int = 0
+    future: Future[Inference] | None = field(default=None, repr=False)
+
+    def has_stream(self, stream_id: str) -> bool:
+        return any(item.notice.stream_id == stream_id for item in self.frames)
+
+
+class ModelLane:
+    """Runs the detector and the encoder on one batch at a time, in a thread of its own."""
+
+    def __init__(self, detector: Detector | None, encoder: Encoder | None, max_batch: int) -> None:
+        self.detector, self.encoder = detector, encoder
+        self.det_tensors = [np.empty((max_batch, 3, *detector.input_hw), np.float32)
+                            for _ in range(_TENSOR_SETS)] if detector is not None else None
+        self.enc_tensors = [np.empty((max_batch, 3, *encoder.input_hw), np.float32)
+                            for _ in range(_TENSOR_SETS)] if encoder is not None else None
+        self._next_set = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frametok-models")
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._running: Batch | None = None
+
+    @property
+    def wake_fd(self) -> int:
+        """Readable once the batch in the models is done (register it with a ``zmq.Poller``)."""
+        return self._wake_r
+
+    def new_batch(self) -> Batch:
+        """An empty batch on the tensor set not in the models now."""
+        batch = Batch(self._next_set)
+        self._next_set = (self._next_set + 1) % _TENSOR_SETS
+        return batch
+
+    @property
+    def running(self) -> Batch | None:
+        """The batch submitted last and not yet collected with :meth:`result`."""
+        return self._running
+
+    @property
+    def busy(self) -> bool:
+        """True while the models are running a batch."""
+        return self._running is not None and self._running.future is not None and not self._running.future.done()
+
+    def submit(self, batch: Batch) -> None:
+        """Start the models on ``batch``; the batch submitted before must have been collected."""
+        assert self._running is None, "collect the running batch before submitting the next one"
+        batch.future = self._pool.submit(self._run, batch.tensors, len(batch.frames), batch.encoder_rows)
+        batch.future.add_done_callback(self._wake)
+        self._running = batch
+
+    def result(self) -> tuple[Batch, Inference]:
+        """Wait for the running batch; returns it with what the models made of it."""
+        batch, self._running = self._running, None
+        assert batch is not None and batch.future is not None
+        return batch, batch.future.result()
+
+    def drain_wake(self) -> None:
+        """Empty the wake pipe (the poller saw it readable). Its byte may come a moment after the result
+        (futures run their callbacks after waking their waiters), so it is emptied here, when seen."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._wake_r, 64):
+                pass
+
+    def _wake(self, _: Future[Inference]) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\x01")
+
+    def _run(self, tensors: int, n: int, m: int) -> Inference:
+        t0 = time.perf_counter()
+        raw = None
+        if self.detector is not None and self.det_tensors is not None:
+            raw = self.detector.infer(self.det_tensors[tensors][:n])
+        t1 = time.perf_counter()
+        enc = None
+        if m and self.encoder is not None and self.enc_tensors is not None:
+            enc = self.encoder.split(self.encoder.infer(self.enc_tensors[tensors][:m]))
+        t2 = time.perf_counter()
+        return Inference(raw, enc, t1 - t0, t2 - t1)
+
+    def close(self) -> None:
+        """Wait for the batch in the models, stop the thread and close the pipe. Safe to call twice."""
+        self._pool.shutdown(wait=True)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
