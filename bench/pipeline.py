@@ -4,8 +4,10 @@ Prints one JSON object. For each stream count (default 1, 2, 4), ``frametok run`
 copies of the video in ``file`` mode (every frame) while a subscriber counts packets; its frames/s
 (first to last packet, start-up excluded) is compared with a hand-rolled loop over the same decoded
 frames: the same Detector/Encoder pre-processing, onnxruntime sessions, batch size and threads,
-without processes, shared memory or sockets. ``ratio`` = pipeline / raw. Peak resident memory (VmHWM)
-of every pipeline process is sampled while it runs.
+without processes, shared memory or sockets. The raw loop runs right before and right after each
+pipeline run and ``ratio`` = pipeline / mean of those two (a shared machine's speed drifts over minutes).
+``models_busy`` is the share of the worker's active time its models ran (from the run's summary).
+Peak resident memory (VmHWM) of every pipeline process is sampled while it runs.
 
     python bench/pipeline.py --models ../shared/models --video ../shared/media/vtest.avi
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -52,7 +55,7 @@ def trim_video(src: Path, frames: int, out: Path) -> Path:
 
 
 def raw_fps(video: Path, models_dir: Path, max_batch: int, threads: int,
-            providers: tuple[str, ...] = ("cpu",)) -> dict[str, float]:
+            providers: tuple[str, ...] = ("cpu",), precision: str | None = None) -> dict[str, float]:
     """Frames/s of the models alone on in-memory decoded frames (and per-model ms per frame)."""
     from frametok.models.detector import Detector
     from frametok.models.encoder import Encoder
@@ -62,8 +65,9 @@ def raw_fps(video: Path, models_dir: Path, max_batch: int, threads: int,
 
     det_files = resolve_model("yolov8n", "detector", [models_dir], allow_online=False)
     enc_files = resolve_model("dinov2_vits14", "encoder", [models_dir], allow_online=False)
-    det = Detector(det_files.manifest, create_session(det_files, providers, threads))  # type: ignore[arg-type]
-    enc = Encoder(enc_files.manifest, create_session(enc_files, providers, threads))  # type: ignore[arg-type]
+    precision = precision or "auto"  # as the worker chooses
+    det = Detector(det_files.manifest, create_session(det_files, providers, threads, precision=precision))  # type: ignore[arg-type]
+    enc = Encoder(enc_files.manifest, create_session(enc_files, providers, threads, precision=precision))  # type: ignore[arg-type]
     frames = [f.frame_rgb for f in decode_frames(str(video))]
     det_batch = np.empty((max_batch, 3, *det.input_hw), np.float32)
     enc_batch = np.empty((max_batch, 3, *enc.input_hw), np.float32)
@@ -133,13 +137,15 @@ def _peak_rss(root_pid: int, peaks: dict[str, float], stop: threading.Event) -> 
 
 
 def pipeline_fps(video: Path, models_dir: Path, streams: int, max_batch: int, threads: int,
-                 providers: tuple[str, ...] = ("cpu",)) -> dict[str, Any]:
+                 providers: tuple[str, ...] = ("cpu",), precision: str | None = None) -> dict[str, Any]:
     from frametok import StreamInfo, Subscriber, TokenPacket
 
     endpoint = _free_endpoint()
     args = [sys.executable, "-m", "frametok", "run", "--models", str(models_dir), "--publish", endpoint,
             "--wait-subscribers", "1", "--no-progress", "--max-batch", str(max_batch), "--threads", str(threads),
             "--providers", ",".join(providers)]
+    if precision is not None:
+        args += ["--precision", precision]
     for i in range(streams):
         args += ["--source", f"s{i}={video}"]
     times: list[float] = []
@@ -167,8 +173,10 @@ def pipeline_fps(video: Path, models_dir: Path, streams: int, max_batch: int, th
     for key, mb in peaks.items():
         role = key.split(":")[0]
         by_role[role] = max(by_role.get(role, 0.0), round(mb, 1))
+    summary = out.strip().splitlines()[-1] if out.strip() else ""
+    busy = re.search(r"models busy (\d+)%", summary)
     return {"packets": len(times), "per_stream": per_stream, "fps": fps, "peak_rss_mb": by_role, "providers": used,
-            "summary": out.strip().splitlines()[-1] if out.strip() else ""}
+            "models_busy": int(busy.group(1)) / 100 if busy else None, "summary": summary}
 
 
 def main() -> None:
@@ -180,28 +188,35 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: one per core)")
     parser.add_argument("--providers", default="cpu", help="execution providers in order, e.g. tensorrt,cuda,cpu")
+    parser.add_argument("--precision", default=None, choices=["auto", "fp32", "fp16"],
+                        help="the worker's model precision (default: the run's default)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="frametok-bench-") as tmp:
         os.environ.setdefault("FRAMETOK_CACHE", str(Path(tmp) / "cache"))
         clip = trim_video(args.video, args.frames, Path(tmp) / "clip.mp4")
         providers = tuple(args.providers.split(","))
-        raw_before = raw_fps(clip, args.models, args.max_batch, args.threads, providers)
+        raws = [raw_fps(clip, args.models, args.max_batch, args.threads, providers, args.precision)]
         results: dict[str, Any] = {}
         for count in (int(s) for s in args.streams.split(",")):
-            results[str(count)] = pipeline_fps(clip, args.models, count, args.max_batch, args.threads, providers)
-            print(f"{count} stream(s): {results[str(count)]['fps']:.2f} fps", file=sys.stderr)
-        raw_after = raw_fps(clip, args.models, args.max_batch, args.threads, providers)
-    raw: dict[str, Any] = {k: (v + raw_after[k]) / 2 if isinstance(v, float) else v for k, v in raw_before.items()}
-    for res in results.values():
-        res["ratio"] = round(res["fps"] / raw["fps"], 3)
-        res["ratio_models_only"] = round(res["fps"] / raw["models_only_fps"], 3)
-        res["fps"] = round(res["fps"], 2)
+            res = pipeline_fps(clip, args.models, count, args.max_batch, args.threads, providers, args.precision)
+            raws.append(raw_fps(clip, args.models, args.max_batch, args.threads, providers, args.precision))
+            before, after = raws[-2], raws[-1]
+            raw_mean = (before["fps"] + after["fps"]) / 2
+            res["raw_fps_before_after"] = [round(before["fps"], 2), round(after["fps"], 2)]
+            res["ratio"] = round(res["fps"] / raw_mean, 3)
+            models_only = (before["models_only_fps"] + after["models_only_fps"]) / 2
+            res["ratio_models_only"] = round(res["fps"] / models_only, 3)
+            res["fps"] = round(res["fps"], 2)
+            results[str(count)] = res
+            print(f"{count} stream(s): {res['fps']:.2f} fps, raw {raw_mean:.2f}, ratio {res['ratio']}", file=sys.stderr)
+    raw: dict[str, Any] = {k: sum(r[k] for r in raws) / len(raws) if isinstance(v, float) else v
+                           for k, v in raws[0].items()}
     print(json.dumps({
         "video": str(args.video), "frames_per_stream": args.frames, "max_batch": args.max_batch,
-        "threads": args.threads, "cpus": os.cpu_count(),
+        "threads": args.threads, "precision": args.precision, "cpus": os.cpu_count(),
         "raw": {k: round(v, 2) if isinstance(v, float) else v for k, v in raw.items()},
-        "raw_fps_before_after": [round(raw_before["fps"], 2), round(raw_after["fps"], 2)],
         "streams": results,
+        "min_ratio": min(r["ratio"] for r in results.values()),
     }, indent=1))
 
 
