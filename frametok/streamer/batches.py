@@ -63,9 +63,6 @@ class Batch:
     encoder_rows: int = 0
     future: Future[Inference] | None = field(default=None, repr=False)
 
-    def has_stream(self, stream_id: str) -> bool:
-        return any(item.notice.stream_id == stream_id for item in self.frames)
-
 
 class ModelLane:
     """Runs the detector and the encoder on one batch at a time, in a thread of its own."""

@@ -160,16 +160,21 @@ class _Pacer:
             self.period = dt if self.period is None else 0.9 * self.period + 0.1 * dt
         self._last_arrival = now
 
+    def _lead(self) -> float:
+        return 1.5 * (self.period or 1 / 30) + 0.005
+
     def taken(self, now: float) -> None:
-        if self.taken_at is not None:
+        # a cycle shorter than the lead lets every frame go at once anyway; and two frames taken into one
+        # batch (one early, one as the worker came back) are no cycle of the worker: counted, the next
+        # frame would go at once, wait out a whole batch, and batches would keep taking a stale frame
+        if self.taken_at is not None and now - self.taken_at >= self._lead():
             self.cycles.append(now - self.taken_at)
         self.taken_at = now
 
     def due(self, now: float) -> bool:
         if self.taken_at is None or not self.cycles:
             return True
-        lead = 1.5 * (self.period or 1 / 30) + 0.005
-        return now >= self.taken_at + min(self.cycles) - lead
+        return now >= self.taken_at + min(self.cycles) - self._lead()
 
 
 class _Producer:

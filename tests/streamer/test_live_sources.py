@@ -176,7 +176,8 @@ def test_network_stream_reconnects_while_a_file_source_loses_nothing(
     """The loopback camera is killed mid-stream and restarted: its producer reports stalled, reconnecting,
     online; its packets resume; and the file source on the same worker keeps every frame, in order,
     through the outage, to its end-of-stream."""
-    clip = write_video(tmp_path / "clip.mp4", frames=150, size_wh=(160, 120), fps=10)
+    frames = 400  # still going when the camera is killed: the worker runs a batch while it gathers the next
+    clip = write_video(tmp_path / "clip.mp4", frames=frames, size_wh=(160, 120), fps=10)
     with NetServer(fps=30) as server:
         config = write_config(tmp_path / "run.yaml", [
             {"id": "net", "uri": server.uri, "stall_timeout_s": 2.0, "reconnect_initial_s": 0.2,
@@ -188,6 +189,7 @@ def test_network_stream_reconnects_while_a_file_source_loses_nothing(
             run.until(lambda: len(run.frames("net")) >= 5 and len(run.frames("clip")) >= 5, 120, "both streams")
             server.kill()
             killed_at = time.monotonic() - run.t0
+            clip_at_kill = len(run.frames("clip"))
             run.until(lambda: in_order(run.states("net"), "online", "stalled", "reconnecting"), 20, "a reconnect")
             time.sleep(1.0)  # a few failed attempts (connection refused) while the camera is away
             server.start()
@@ -203,13 +205,15 @@ def test_network_stream_reconnects_while_a_file_source_loses_nothing(
     assert code == 0, err
     assert "stopped early" in out
     net, clip_frames = run.frames("net"), run.frames("clip")
-    assert [p.frame_index for p in clip_frames] == list(range(150)), "the file source lost or reordered frames"
+    assert [p.frame_index for p in clip_frames] == list(range(frames)), "the file source lost or reordered frames"
     eos = run.ended("clip")
-    assert eos is not None and eos.reason == "end" and eos.frames == 150
+    assert eos is not None and eos.reason == "end" and eos.frames == frames
     assert not run.sub.gaps.get("clip"), run.sub.gaps
     # the file source went on while the camera was away
     during = [t for t, _, m in run.messages if isinstance(m, TokenPacket) and m.stream_id == "clip"
               and killed_at < t < back_at]
+    # a file source (every frame, always ready) does not fill the batches ahead of the live camera
+    assert clip_at_kill < frames / 2, f"the camera was starved: {clip_at_kill} file packets before its 5th"
     assert during, f"no file packet between the kill ({killed_at:.1f} s) and the camera's return ({back_at:.1f} s)"
     # the camera's packets: before and after the outage, frame indices increasing across the reconnect
     indices = [p.frame_index for p in net]
