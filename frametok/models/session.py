@@ -169,10 +169,13 @@ def create_session(
     threads: int = 0,
     verify_sha256: bool = True,
     precision: Precision = "fp32",
+    spin_wait: bool = False,
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` for ``files``, checked against its manifest.
 
-    ``threads`` is onnxruntime's intra-op thread count (0: its default, one per core).
+    ``threads`` is onnxruntime's intra-op thread count (0: its default, one per core); ``spin_wait``
+    lets those threads spin between parallel sections (onnxruntime's default; off here, see
+    ``WorkerConfig.spin_wait``).
     ``precision`` picks the fp32 graph or the manifest's fp16 one (:func:`choose_precision`; read it
     back with :func:`session_precision`). Logs which graph runs, and on which execution providers.
     """
@@ -195,6 +198,8 @@ def create_session(
     if threads > 0:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if not spin_wait:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(onnx_path), options, providers=_provider_options(resolved, chosen))
     except Exception as exc:  # onnxruntime raises its own untyped errors (Fail, InvalidGraph, ...)

@@ -95,11 +95,13 @@ class _Worker:
         self.encoder: Encoder | None = None
         if models.detector is not None and config.detector is not None:
             dc = config.detector
-            session = create_session(models.detector, wc.providers, wc.threads, precision=wc.precision)
+            session = create_session(models.detector, wc.providers, wc.threads, precision=wc.precision,
+                                     spin_wait=wc.spin_wait)
             self.detector = Detector(models.detector.manifest, session,  # type: ignore[arg-type]
                                      dc.conf_threshold, dc.iou_threshold, dc.max_det)
         if models.encoder is not None and config.encoder is not None:
-            session = create_session(models.encoder, wc.providers, wc.threads, precision=wc.precision)
+            session = create_session(models.encoder, wc.providers, wc.threads, precision=wc.precision,
+                                     spin_wait=wc.spin_wait)
             self.encoder = Encoder(models.encoder.manifest, session)  # type: ignore[arg-type]
         queries: QueryBank | None = None
         if self.encoder is not None and config.encoder is not None and config.encoder.queries:

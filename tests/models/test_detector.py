@@ -86,3 +86,15 @@ def test_io_binding_gives_the_same_output(detector: Detector, shared_media: Path
     assert len(bound._inputs) == 1  # one buffer per batch shape, reused
     with pytest.raises(ValueError, match="device"):
         SessionRunner(detector.session, man.input_name, man.output_name, device="tpu")
+
+
+def test_threads_spin_only_when_asked(shared_models: Path) -> None:
+    """onnxruntime's intra-op threads do not spin by default (the worker shares its cores with decoding and
+    pre-/post-processing); ``spin_wait`` leaves onnxruntime's own default (spinning)."""
+    files = resolve_model("yolov8n", "detector", [shared_models], allow_online=False)
+    key = "session.intra_op.allow_spinning"
+    off = create_session(files, ("cpu",), threads=1).get_session_options()
+    assert off.get_session_config_entry(key) == "0"
+    on = create_session(files, ("cpu",), threads=1, spin_wait=True).get_session_options()
+    with pytest.raises(Exception):  # noqa: B017 - onnxruntime's own error: the entry is not set
+        on.get_session_config_entry(key)
