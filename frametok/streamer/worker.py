@@ -209,6 +209,12 @@ class _Worker:
             return
         self._handle(notice, batch)
 
+    def _nothing_more_can_come(self, batch: Batch) -> bool:
+        """Every stream still running is live and has its frame in ``batch``: a live producer announces its
+        next frame only once the worker took this one and is due back, so waiting for one is time lost."""
+        have = {item.notice.stream_id for item in batch.frames}
+        return all(st.policy == "live" and st.stream_id in have for st in self.streams.values() if not st.ended)
+
     def _take_deferred(self, batch: Batch) -> None:
         """The notices held back while the models ran, in the order they came, as far as ``batch`` has room."""
         while self.deferred and len(batch.frames) < self.config.worker.max_batch and not batch.ends:
@@ -291,7 +297,8 @@ class _Worker:
         batch before (if any).
 
         The batch closes when it holds ``max_batch`` frames or a stream ended; else, once the models are
-        free, ``max_wait_ms`` after its first frame (at once if that time passed while they ran). Frames of
+        free, ``max_wait_ms`` after its first frame (at once if that time passed while they ran, or when it
+        holds a frame of every stream and all are live: no more can come). Frames of
         file sources are taken while the models run; a live frame waits unclaimed until they finish, so
         its producer keeps the newest frame ready for that moment (a frame taken early would only wait
         longer: measured p99 latency 2.1 batch times against 1.7) and a busy camera cannot fill a batch
@@ -311,6 +318,8 @@ class _Worker:
                         deadline = now + wc.max_wait_ms / 1000.0
                     continue
                 if len(batch.frames) >= wc.max_batch or (deadline is not None and now >= deadline):
+                    break
+                if batch.frames and self._nothing_more_can_come(batch):
                     break
                 if self.lane.running is not None:
                     if not batch.frames:
