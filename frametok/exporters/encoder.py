@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import re
 import shutil
 import stat
@@ -25,6 +24,7 @@ from ..errors import ExportError, FrametokError, ModelError
 from ..models.describe import describe_encoder_onnx
 from ..models.manifest import EncoderManifest, WeightsSource, write_manifest
 from ..models.session import ModelFiles, create_session, locate_model
+from ._deps import package_versions, require_modules
 
 __all__ = ["describe_encoder", "export_timm_encoder"]
 
@@ -47,28 +47,6 @@ class _TokenLayout:
     prefix_tokens: int
     context: Literal["cls", "mean"]
     grid_hw: tuple[int, int]
-
-
-def _require_export_extra() -> None:
-    try:
-        import onnx  # noqa: F401
-        import timm  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError as exc:
-        raise ExportError(
-            f"exporting a timm encoder needs torch, timm and onnx ({exc}); install them with "
-            "`pip install 'frametok[export]'`"
-        ) from exc
-
-
-def _versions(packages: Sequence[str]) -> dict[str, str]:
-    found = {}
-    for package in packages:
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
 
 
 def _rgb_triple(values: Sequence[float], field: str, where: str) -> tuple[float, float, float]:
@@ -252,7 +230,7 @@ def _check_parity(manifest_path: Path, example: Any, reference: NDArray[np.float
 
 
 def _encoder_source(model_name: str, random_init: bool) -> tuple[WeightsSource, dict[str, str]]:
-    versions = _versions(["frametok", "timm", "torch", "onnx", "onnxruntime"])
+    versions = package_versions(["frametok", "timm", "torch", "onnx", "onnxruntime"])
     source = WeightsSource(weights=f"timm:{model_name}", framework=f"timm {versions['timm']}", random_init=random_init)
     return source, {**versions, "torch.onnx": TORCH_ONNX_EXPORTER}
 
@@ -275,7 +253,7 @@ def export_timm_encoder(
     once torch and onnxruntime agree on a random batch (``check``). ``half`` also writes
     ``<name>.fp16.onnx``, checked against the fp32 graph on ``half_samples`` (see :func:`add_fp16`).
     """
-    _require_export_extra()
+    require_modules(("torch", "timm", "onnx"), "exporting a timm encoder")
     import torch
 
     name = name or re.sub(r"[^\w.-]+", "_", model_name)
@@ -367,7 +345,7 @@ def describe_encoder(
         context=context,
         name=name,
         input_size_hw=input_size_hw,
-        exporter={**_versions(["frametok", "onnxruntime"]), "described_by": "frametok"},
+        exporter={**package_versions(["frametok", "onnxruntime"]), "described_by": "frametok"},
     )
     manifest = manifest.model_copy(update={"onnx_file": f"{name}.onnx"})
     target, manifest_out = target_dir / f"{name}.onnx", target_dir / f"{name}.json"

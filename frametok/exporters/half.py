@@ -46,6 +46,7 @@ from ..models.encoder import Encoder
 from ..models.manifest import DetectorManifest, EncoderManifest, Fp16Variant, file_sha256, write_manifest
 from ..models.session import ModelFiles, locate_model
 from ..packet import Detections
+from ._deps import package_versions, require_modules
 
 __all__ = [
     "DET_MAX_SCORE_DIFF",
@@ -73,27 +74,6 @@ def fp16_path_for(onnx_path: str | Path) -> Path:
     """``model.onnx`` -> ``model.fp16.onnx`` (same folder)."""
     path = Path(onnx_path)
     return path.with_name(path.stem + FP16_SUFFIX)
-
-
-def _require_converter() -> None:
-    try:
-        import onnx  # noqa: F401
-        import onnxconverter_common  # noqa: F401
-    except ImportError as exc:
-        raise ExportError(
-            f"making an fp16 graph needs onnx and onnxconverter-common ({exc}); install them with "
-            "`pip install 'frametok[export]'`"
-        ) from exc
-
-
-def _versions(packages: Sequence[str]) -> dict[str, str]:
-    found = {}
-    for package in packages:
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
 
 
 def _fold_constants(src: Path, dst: Path) -> None:
@@ -143,7 +123,7 @@ def _retype_float_casts(model: Any) -> int:
 
 def convert_to_fp16(src: str | Path, dst: str | Path) -> dict[str, str]:
     """Write the fp16 version of the fp32 graph ``src`` to ``dst``; return how it was made (for the manifest)."""
-    _require_converter()
+    require_modules(("onnx", "onnxconverter_common"), "making an fp16 graph")
     import onnx
     from onnxconverter_common import float16
 
@@ -166,7 +146,7 @@ def convert_to_fp16(src: str | Path, dst: str | Path) -> dict[str, str]:
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot write the fp16 graph {dst}: {exc}") from exc
     return {
-        **_versions(["onnxconverter-common", "onnx", "onnxruntime"]),
+        **package_versions(["onnxconverter-common", "onnx", "onnxruntime"]),
         "recipe": "onnxruntime basic constant folding, then convert_float_to_float16(keep_io_types=True)",
         "fp32_sha256": file_sha256(src),
         "truncation_warnings": str(truncated),

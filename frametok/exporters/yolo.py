@@ -7,7 +7,6 @@ this module needs numpy and OpenCV, as the runtime does.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import os
 import shutil
 import tempfile
@@ -26,6 +25,7 @@ from ..models.describe import describe_ultralytics_onnx
 from ..models.detector import Detector
 from ..models.manifest import DetectorManifest, WeightsSource, file_sha256, write_manifest
 from ..models.session import ModelFiles, create_session, locate_model
+from ._deps import package_versions, require_modules
 
 __all__ = ["BoxMatch", "box_iou", "export_yolo", "match_boxes"]
 
@@ -85,28 +85,6 @@ def match_boxes(
             free[j] = False
             matches.append(BoxMatch(int(i), j, float(iou[i, j])))
     return matches
-
-
-def _require_export_extra() -> None:
-    try:
-        import onnx  # noqa: F401
-        import torch  # noqa: F401
-        import ultralytics  # noqa: F401
-    except ImportError as exc:
-        raise ExportError(
-            f"exporting YOLO weights needs torch, ultralytics and onnx ({exc}); install them with "
-            "`pip install 'frametok[export]'`"
-        ) from exc
-
-
-def _versions(packages: Sequence[str]) -> dict[str, str]:
-    found = {}
-    for package in packages:
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
 
 
 def _offline_ultralytics_env() -> None:
@@ -253,12 +231,12 @@ def _manifest(onnx_path: Path, name: str, weights: Path, opset: int) -> Detector
     source = WeightsSource(
         weights=str(weights.resolve()) if weights.exists() else weights.name,
         sha256=None if random_init else file_sha256(weights),
-        framework=f"ultralytics {_versions(['ultralytics'])['ultralytics']}",
+        framework=f"ultralytics {package_versions(['ultralytics'])['ultralytics']}",
         random_init=random_init,
     )
     exporter = {
-        "frametok": _versions(["frametok"])["frametok"],
-        **_versions(["ultralytics", "torch", "onnx", "onnxruntime"]),
+        "frametok": package_versions(["frametok"])["frametok"],
+        **package_versions(["ultralytics", "torch", "onnx", "onnxruntime"]),
         "opset": str(opset),
     }
     return base.model_copy(update={"onnx_file": onnx_path.name, "source": source, "exporter": exporter})
@@ -310,7 +288,7 @@ def export_yolo(
     if not _is_model_yaml(weights) and not weights.is_file():
         raise ExportError(f"YOLO weights not found: {weights}")
     _offline_ultralytics_env()
-    _require_export_extra()
+    require_modules(("torch", "ultralytics", "onnx"), "exporting YOLO weights")
     with tempfile.TemporaryDirectory(prefix="frametok-yolo-") as tmp:
         work = Path(tmp)
         try:
