@@ -26,7 +26,7 @@ def test_a_worker_that_keeps_up_gets_every_frame_at_once() -> None:
 
 def test_a_slow_worker_gets_the_frame_just_before_it_comes_back() -> None:
     pacer = _pacer([0.0, 0.2, 0.4, 0.6])  # one take every 200 ms
-    lead = 0.5 * PERIOD + 0.005
+    lead = 1.5 * PERIOD + 0.005
     assert not pacer.due(0.6 + 0.01)
     assert not pacer.due(0.6 + 0.2 - lead - 0.01)
     assert pacer.due(0.6 + 0.2 - lead + 0.001)
