@@ -146,7 +146,6 @@ class _Worker:
         self.poll_models = zmq.Poller()  # the batch is full: wait for the models alone
         self.poll_models.register(self.lane.wake_fd, zmq.POLLIN)
         self.deferred: deque[Any] = deque()  # notices held back while the models run (see gather)
-        self._deferring: set[str] = set()  # the streams they are from
         self.events_out = self.ctx.socket(zmq.PUSH)
         self.events_out.setsockopt(zmq.LINGER, 2000)
         self.events_out.connect(run.events_endpoint)
@@ -203,9 +202,9 @@ class _Worker:
         sid = getattr(notice, "stream_id", None)
         st = self.streams.get(sid) if isinstance(sid, str) else None
         live_frame = isinstance(notice, FrameNotice) and st is not None and st.policy == "live"
-        if st is not None and (st.stream_id in self._deferring or (models_busy and live_frame)):
+        held_back = st is not None and any(n.stream_id == st.stream_id for n in self.deferred)
+        if st is not None and (held_back or (models_busy and live_frame)):
             self.deferred.append(notice)  # and everything after it from that stream, to keep its order
-            self._deferring.add(st.stream_id)
             return
         self._handle(notice, batch)
 
@@ -219,7 +218,6 @@ class _Worker:
         """The notices held back while the models ran, in the order they came, as far as ``batch`` has room."""
         while self.deferred and len(batch.frames) < self.config.worker.max_batch and not batch.ends:
             self._handle(self.deferred.popleft(), batch)
-        self._deferring = {n.stream_id for n in self.deferred}
 
     def _handle(self, notice: Any, batch: Batch) -> None:
         if self._restart_notice(notice):
