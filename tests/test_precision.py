@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from frametok import EndOfStream, StreamInfo, Subscriber, TokenPacket
+from frametok import EndOfStream, StreamInfo, TokenPacket
 from frametok.errors import ExportError, ModelError
 from frametok.exporters.half import detector_parity
 from frametok.exporters.yolo import box_iou
@@ -30,7 +30,8 @@ from frametok.models.session import (
     session_precision,
 )
 
-from .conftest import free_endpoint, run_cli, start_cli
+from .conftest import free_endpoint, run_cli
+from .streamer.test_pipeline import run_and_collect
 
 SAMPLES = ("bus.jpg", "zidane.jpg", "astronaut.png", "chelsea.png", "coffee.png", "fruits.jpg", "grace_hopper.jpg")
 MIN_IOU, MAX_SCORE_DIFF, MIN_COSINE = 0.9, 0.02, 0.99
@@ -251,27 +252,14 @@ def test_activation_headroom_refuses_a_graph_that_would_overflow_fp16(tmp_path: 
 # --------------------------------------------------------------------------- frametok run
 
 
-def _run(args: list[str]) -> tuple[list[Any], str, int]:
-    endpoint = free_endpoint()
-    with Subscriber(endpoint, timeout_s=300) as sub:
-        proc = start_cli("run", *args, "--publish", endpoint, "--wait-subscribers", "1", "--no-progress")
-        try:
-            messages = list(sub)
-            out, err = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    return messages, out + err, proc.returncode
-
-
 def test_run_precision_fp16_reports_it_and_detects_as_fp32(half_dir: Path, shared_media: Path) -> None:
     """`frametok run --precision fp16` against the fp32 graphs run here on the same decoded frames."""
     from frametok.streamer.sources import decode_frames
 
     clip = shared_media / "vtest_small_3s.mp4"
-    messages, output, code = _run(["--source", f"clip={clip}", "--detector", str(half_dir / "yolov8n_coco.onnx"),
-                                   "--encoder", str(half_dir / "dinov2_vits14.json"), "--no-track",
-                                   "--precision", "fp16"])
+    args = ["--source", f"clip={clip}", "--detector", str(half_dir / "yolov8n_coco.onnx"),
+            "--encoder", str(half_dir / "dinov2_vits14.json"), "--no-track", "--precision", "fp16"]
+    messages, output, code = run_and_collect(args, free_endpoint(), timeout_s=300)
     assert code == 0, output
     assert isinstance(messages[-1], EndOfStream) and messages[-1].frames == 30
     models = next(m for m in messages if isinstance(m, StreamInfo)).models
