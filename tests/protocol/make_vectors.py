@@ -1,10 +1,10 @@
-"""Generate the wire-protocol test vectors in ``tests/protocol/vectors/`` (deterministically).
+"""Generate the wire-protocol test vectors in ``docs/protocol-vectors/``, beside the spec (deterministically).
 
 Run ``python tests/protocol/make_vectors.py`` after an intended change of the wire format, and
 commit the result together with the change of ``docs/protocol.md``. ``test_vectors.py`` checks
 that the files on disk are exactly what this script generates.
 
-Container (also written to ``vectors/README.md``): one folder per vector, ``<name>/part-0.bin``,
+Container (also written to ``docs/protocol-vectors/README.md``): one folder per vector, ``<name>/part-0.bin``,
 ``part-1.bin``, ... holding the frames of one ZeroMQ multipart message in order (part 0 is the
 topic, part 1 the header), and ``<name>/expected.json``:
 
@@ -41,7 +41,7 @@ from frametok.packet import (
     encode,
 )
 
-VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
+VECTORS_DIR = Path(__file__).resolve().parents[2] / "docs" / "protocol-vectors"
 
 Parts = list[bytes]
 Vector = tuple[Parts, dict[str, Any]]

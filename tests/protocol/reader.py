@@ -2,7 +2,7 @@
 
 It deliberately does not import frametok: it checks that the document is enough to write a
 decoder, and that ``frametok.packet`` agrees with it. ``read(parts)`` returns the decoded content
-in the form of the test vectors (``tests/protocol/vectors/README.md``) or raises
+in the form of the test vectors (``docs/protocol-vectors/README.md``) or raises
 :class:`Malformed` with the code of the rule (``docs/protocol.md`` §9) the message breaks.
 
 Where the document lets a decoder choose (repeated JSON keys, integers beyond 64 bits), this
