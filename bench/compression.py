@@ -32,9 +32,9 @@ SHARED = Path(os.environ.get("FRAMETOK_SHARED", ROOT.parent / "shared"))
 def encode_all(video: Path, models: Path, limit: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, float]:
     """Frames (RGB), their true grids (N, gh, gw, D) float32 and CLS tokens, and encoder ms per frame."""
     from frametok.models.encoder import Encoder
-    from frametok.models.registry import resolve_model
     from frametok.models.session import create_session
-    from frametok.streamer.sources import decode_frames
+    from frametok.registry import resolve_model
+    from frametok.streamer.source.decode import decode_frames
 
     files = resolve_model("dinov2_vits14", "encoder", [models], allow_online=False)
     enc = Encoder(files.manifest, create_session(files, ("cpu",), threads=0))  # type: ignore[arg-type]
@@ -54,7 +54,8 @@ def encode_all(video: Path, models: Path, limit: int) -> tuple[list[np.ndarray],
 
 
 def run_compression(grids: np.ndarray, ctx: np.ndarray, tau: float, skip: list[bool] | None = None) -> dict[str, Any]:
-    from frametok.models.compression import GridCompressor, GridDecompressor, cosine_per_patch
+    from frametok.grid import GridDecompressor, cosine_per_patch
+    from frametok.models.compression import GridCompressor
     from frametok.packet import TokenPacket, encode
 
     comp = GridCompressor(tau=tau, keyframe_interval=100, scene_cut_share=0.5, wire_dtype="float16")

@@ -56,8 +56,8 @@ def models_only_ms(args: argparse.Namespace, frames: int = 40) -> float | None:
     pre-processing, inference and post-processing in this process, without the pipeline."""
     from frametok.models.detector import Detector
     from frametok.models.encoder import Encoder
-    from frametok.models.registry import resolve_model
     from frametok.models.session import create_session
+    from frametok.registry import resolve_model
 
     threads = args.threads or 0
     det = enc = None

@@ -37,7 +37,7 @@ def trim_video(src: Path, frames: int, out: Path) -> Path:
     """The first ``frames`` frames of ``src``, re-encoded (MPEG-4, high bit rate) to ``out``."""
     import av
 
-    from frametok.streamer.sources import decode_frames
+    from frametok.streamer.source.decode import decode_frames
 
     with av.open(str(out), "w") as container:
         stream = None
@@ -59,9 +59,9 @@ def raw_fps(video: Path, models_dir: Path, max_batch: int, threads: int,
     """Frames/s of the models alone on in-memory decoded frames (and per-model ms per frame)."""
     from frametok.models.detector import Detector
     from frametok.models.encoder import Encoder
-    from frametok.models.registry import resolve_model
     from frametok.models.session import create_session
-    from frametok.streamer.sources import decode_frames
+    from frametok.registry import resolve_model
+    from frametok.streamer.source.decode import decode_frames
 
     det_files = resolve_model("yolov8n", "detector", [models_dir], allow_online=False)
     enc_files = resolve_model("dinov2_vits14", "encoder", [models_dir], allow_online=False)

@@ -69,7 +69,7 @@ def main() -> None:
     from frametok.models.detector import Detector
     from frametok.models.encoder import Encoder
     from frametok.models.session import create_session, locate_model
-    from frametok.streamer.sources import decode_frames
+    from frametok.streamer.source.decode import decode_frames
 
     frames = []
     for frame in decode_frames(str(SHARED / "media" / "vtest.avi")):

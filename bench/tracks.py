@@ -37,9 +37,9 @@ from frametok.packet import Detections  # noqa: E402
 def detect(video: Path, models_dir: Path, batch: int, threads: int) -> tuple[list[Detections], float, int]:
     """Detections of every frame, the detector's ms per frame (pre/post-processing included), class count."""
     from frametok.models.detector import Detector
-    from frametok.models.registry import resolve_model
     from frametok.models.session import create_session
-    from frametok.streamer.sources import decode_frames
+    from frametok.registry import resolve_model
+    from frametok.streamer.source.decode import decode_frames
 
     files = resolve_model("yolov8n", "detector", [models_dir], allow_online=False)
     detector = Detector(files.manifest, create_session(files, ("cpu",), threads=threads))  # type: ignore[arg-type]

@@ -48,7 +48,7 @@ def _sender(mode: str, kind: str, count: int, endpoint: str) -> None:
 
     from frametok.config import PublisherConfig
     from frametok.packet import encode, stamp
-    from frametok.streamer.publisher import Publisher
+    from frametok.streamer.delivery.publisher import Publisher
 
     ctx = zmq.Context()
     template = _packet(kind, 0)

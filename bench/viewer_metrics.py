@@ -33,8 +33,8 @@ SHARED = Path(os.environ.get("FRAMETOK_SHARED", ROOT.parent / "shared"))
 sys.path.insert(0, str(ROOT))
 
 from frametok import Subscriber, TokenPacket  # noqa: E402
-from frametok.streamer.costs import wire_bytes  # noqa: E402
-from frametok.streamer.metrics import WorkerMetrics  # noqa: E402
+from frametok.sdk.costs import wire_bytes  # noqa: E402
+from frametok.streamer.worker.metrics import WorkerMetrics  # noqa: E402
 from frametok.viewer.state import Board  # noqa: E402
 
 

@@ -1,9 +1,14 @@
 """frametok: live cameras and long videos in, streams of detection and image tokens out.
 
-The curated public API; everything else is internal and may change.
+The curated public API; everything else is internal and may change. A program that only consumes
+tokens (``Subscriber``, the packet types) imports the wire format and the SDK alone: the pipeline and
+the index (onnxruntime, OpenCV, PyAV, LanceDB) load on first use of their names.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .config import Config, load_config
 from .errors import (
@@ -15,7 +20,6 @@ from .errors import (
     ProtocolError,
     SourceError,
 )
-from .index import Hit, Index, Indexer, IndexOptions, open_index
 from .packet import (
     PROTOCOL_VERSION,
     Detections,
@@ -28,8 +32,11 @@ from .packet import (
     decode,
     encode,
 )
-from .streamer.subscriber import GapReport, Subscriber
-from .streamer.supervisor import RunSummary, run_pipeline
+from .sdk import GapReport, Subscriber
+
+if TYPE_CHECKING:
+    from .index import Hit, Index, Indexer, IndexOptions, open_index
+    from .streamer.supervision.supervisor import RunSummary, run_pipeline
 
 __version__ = "0.1.0"
 
@@ -64,3 +71,27 @@ __all__ = [
     "open_index",
     "run_pipeline",
 ]
+
+# names whose modules pull in the model runtime, OpenCV, PyAV or LanceDB: imported on first use
+_LAZY = {
+    "Hit": ".index",
+    "Index": ".index",
+    "IndexOptions": ".index",
+    "Indexer": ".index",
+    "open_index": ".index",
+    "RunSummary": ".streamer.supervision.supervisor",
+    "run_pipeline": ".streamer.supervision.supervisor",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'frametok' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -54,7 +54,7 @@ def _described_encoder(args: argparse.Namespace) -> str | None:
         raise ConfigError("--encoder-mean/--encoder-std describe an encoder .onnx given with --encoder FILE.onnx")
     from .models.describe import IMAGENET_MEAN, IMAGENET_STD, describe_encoder_onnx
     from .models.manifest import write_manifest
-    from .models.registry import cache_dir
+    from .registry import cache_dir
 
     manifest = describe_encoder_onnx(
         args.encoder, mean=args.encoder_mean or IMAGENET_MEAN, std=args.encoder_std or IMAGENET_STD,
@@ -107,8 +107,8 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _echo_thread(endpoint: str, as_json: bool, done: threading.Event) -> threading.Thread:
-    from .streamer.render import message_json, message_line
-    from .streamer.subscriber import Subscriber
+    from .sdk.render import message_json, message_line
+    from .sdk.subscriber import Subscriber
 
     def loop() -> None:
         with Subscriber(endpoint, timeout_s=0.2) as sub:
@@ -129,8 +129,8 @@ def _echo_thread(endpoint: str, as_json: bool, done: threading.Event) -> threadi
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .streamer.progress import ProgressView
-    from .streamer.supervisor import check_endpoints, prepare_models, prepare_sources, run_pipeline
+    from .streamer.supervision.progress import ProgressView
+    from .streamer.supervision.supervisor import check_endpoints, prepare_models, prepare_sources, run_pipeline
 
     overrides = _run_overrides(args)
     if args.config is None and "sources" not in overrides:
@@ -163,8 +163,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
     from .packet import TokenPacket
-    from .streamer.render import message_json, message_line
-    from .streamer.subscriber import Subscriber
+    from .sdk.render import message_json, message_line
+    from .sdk.subscriber import Subscriber
 
     packets = 0
     if (args.curve_key is None) != (args.server_key is None):
@@ -293,7 +293,7 @@ def cmd_export_encoder(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from .streamer.security import make_keypair
+    from .keys import make_keypair
 
     public, secret = make_keypair(args.folder, args.name)
     print(f"public key: {public} (give it out)\nsecret key: {secret} (keep it private)")
@@ -301,7 +301,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models.registry import describe_registry
+    from .registry import describe_registry
 
     print("\n".join(describe_registry()))
     return EXIT_OK

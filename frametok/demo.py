@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import SourceError
-from .models.registry import cache_dir
+from .registry import cache_dir
 
 __all__ = ["demo_photos", "ensure_demo_clip", "write_pan_zoom_clip"]
 

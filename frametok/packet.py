@@ -25,9 +25,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import ProtocolError
-from .models.compression import GridUpdate
+from .grid import GridUpdate
 
 __all__ = [
+    "BYE",
+    "CREDIT",
+    "HELLO",
+    "KEY",
+    "MAX_CREDIT",
     "PROTOCOL_VERSION",
     "Detections",
     "EndOfStream",
@@ -48,6 +53,11 @@ PROTOCOL_VERSION: tuple[int, int] = (1, 1)
 MAX_HEADER_BYTES = 1 << 20
 MAX_BUFFERS = 64
 MAX_NDIM = 4
+
+# Lossless delivery's control messages, subscriber (DEALER) -> publisher (ROUTER), docs/protocol.md §8:
+# [HELLO, json {"v", "streams", "credit"}], [CREDIT, ascii decimal n], [KEY, stream id], [BYE].
+HELLO, CREDIT, KEY, BYE = b"HELLO", b"CREDIT", b"KEY", b"BYE"
+MAX_CREDIT = 1 << 20
 
 _STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _DTYPES: dict[str, np.dtype[Any]] = {

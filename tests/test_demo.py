@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from frametok.streamer.sources import decode_frames
+from frametok.streamer.source.decode import decode_frames
 
 from .conftest import ROOT, run_cli
 

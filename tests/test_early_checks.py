@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from frametok.errors import ConfigError
-from frametok.streamer.endpoints import check_endpoints_free, endpoint_in_use
+from frametok.streamer.delivery.endpoints import check_endpoints_free, endpoint_in_use
 
 from .conftest import run_cli
 
@@ -70,7 +70,7 @@ def test_run_refuses_a_health_port_in_use(busy_port: int, synthetic_video: Path)
 
 
 def _detector_manifest(shared_models: Path):
-    from frametok.models.registry import resolve_model
+    from frametok.registry import resolve_model
 
     return resolve_model("yolov8n", "detector", [str(shared_models)])
 
@@ -107,7 +107,7 @@ def test_network_source_with_an_unknown_host(synthetic_video: Path) -> None:
 
 def test_network_source_on_a_known_host_is_left_to_its_producer() -> None:
     from frametok.config import SourceConfig
-    from frametok.streamer.supervisor import _prepare_source
+    from frametok.streamer.supervision.supervisor import _prepare_source
 
     # nothing listens there: the producer retries with backoff, nothing is refused up front
     assert _prepare_source(SourceConfig(id="cam", uri="tcp://127.0.0.1:9")) == "tcp://127.0.0.1:9"

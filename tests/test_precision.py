@@ -254,7 +254,7 @@ def test_activation_headroom_refuses_a_graph_that_would_overflow_fp16(tmp_path: 
 
 def test_run_precision_fp16_reports_it_and_detects_as_fp32(half_dir: Path, shared_media: Path) -> None:
     """`frametok run --precision fp16` against the fp32 graphs run here on the same decoded frames."""
-    from frametok.streamer.sources import decode_frames
+    from frametok.streamer.source.decode import decode_frames
 
     clip = shared_media / "vtest_small_3s.mp4"
     args = ["--source", f"clip={clip}", "--detector", str(half_dir / "yolov8n_coco.onnx"),
@@ -313,7 +313,7 @@ def test_precision_config_is_checked() -> None:
 
 def test_the_converter_is_imported_only_to_convert() -> None:
     code = (
-        "import sys, frametok.cli, frametok.streamer.worker, frametok.exporters as e; e.add_fp16; "
+        "import sys, frametok.cli, frametok.streamer.worker.process, frametok.exporters as e; e.add_fp16; "
         "bad = {'onnxconverter_common', 'onnx', 'torch', 'ultralytics', 'timm'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

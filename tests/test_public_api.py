@@ -42,7 +42,7 @@ def test_error_tree() -> None:
 def test_runtime_imports_no_torch() -> None:
     import subprocess
 
-    code = ("import sys, frametok, frametok.cli, frametok.streamer.worker, frametok.exporters, frametok.demo;"
+    code = ("import sys, frametok, frametok.cli, frametok.streamer.worker.process, frametok.exporters, frametok.demo;"
             "print(','.join(m for m in ('torch','ultralytics','timm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

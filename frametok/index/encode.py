@@ -34,8 +34,8 @@ class QueryVectors:
 def load_encoder(ref: str, models_dirs: Sequence[str] = (), expect_id: str | None = None) -> Encoder:
     """The encoder ``ref`` (registry name or path) on CPU; ``expect_id``: the model id the index was made
     with (other weights give tokens in another space: an error)."""
-    from ..models.registry import resolve_model
     from ..models.session import create_session
+    from ..registry import resolve_model
 
     if not ref:
         raise ConfigError("this index has no soft tokens (it was made with --encoder none): no image search")

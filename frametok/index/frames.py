@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import SourceError
-from ..streamer.sources import decode_frames
+from ..streamer.source.decode import decode_frames
 
 __all__ = ["crop", "read_frames"]
 

@@ -170,7 +170,7 @@ class Indexer:
         return load_config(opts.config, over)
 
     def _prepared_models(self, config: Any) -> Any:
-        from ..streamer.supervisor import prepare_models
+        from ..streamer.supervision.supervisor import prepare_models
 
         if self._models is None:
             self._models = prepare_models(config, self.options.models_dirs)
@@ -189,7 +189,7 @@ class Indexer:
     # ------------------------------------------------------------------ run
 
     def run(self, inputs: Sequence[str | Path]) -> IndexReport:
-        from ..streamer.sources import IMAGE_SUFFIXES, probe_source
+        from ..streamer.source.decode import IMAGE_SUFFIXES, probe_source
 
         t0 = time.monotonic()
         files, unmatched = expand_inputs([str(i) for i in inputs])
@@ -261,7 +261,7 @@ class Indexer:
     def _pipeline(self, config: Any, path: Path, sid: str, base: dict[str, Any], fps: float | None,
                   track_offset: int) -> bool:
         """Run the pipeline over one video, writing its frames; True when it reached its end."""
-        from ..streamer.supervisor import run_pipeline
+        from ..streamer.supervision.supervisor import run_pipeline
 
         models = self._prepared_models(config)
         base["encoder"] = config.encoder.model if config.encoder is not None else ""
@@ -336,7 +336,7 @@ class _Consumer:
     def _main(self) -> None:
         import json
 
-        from ..streamer.subscriber import Subscriber
+        from ..sdk.subscriber import Subscriber
 
         quiet_since: float | None = None
         try:

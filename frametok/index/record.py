@@ -34,7 +34,7 @@ def record(endpoint: str, db: str | Path, *, streams: Sequence[str] | None = Non
     Each recorded stream is one ``video`` (named ``ENDPOINT#STREAM``, keyed by its start time); its tracks
     are written when it ends (without crop embeddings: a stream carries no pixels).
     """
-    from ..streamer.subscriber import Subscriber
+    from ..sdk.subscriber import Subscriber
 
     store = Store(db, create=True)
     report = RecordReport()

@@ -24,7 +24,7 @@ from typing import Any
 import zmq
 
 from ..errors import ConfigError, PipelineError
-from ..streamer.subscriber import Subscriber
+from ..sdk.subscriber import Subscriber
 from .state import Board
 
 __all__ = ["ViewerServer"]

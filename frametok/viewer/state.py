@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..packet import EndOfStream, Message, StatusMessage, StreamInfo, TokenPacket
-from ..streamer.costs import packet_cost, wire_bytes
-from ..streamer.render import message_dict
+from ..sdk.costs import packet_cost, wire_bytes
+from ..sdk.render import message_dict
 
 __all__ = ["Board", "StreamState"]
 

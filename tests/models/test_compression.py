@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from frametok.models.compression import GridCompressor, GridDecompressor, GridUpdate, cosine_per_patch
+from frametok.grid import GridDecompressor, GridUpdate, cosine_per_patch
+from frametok.models.compression import GridCompressor
 
 WIRE_SLACK = 2e-3  # float16 rounding of a sent token
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from frametok.models.detector import Detector, letterbox_into
-from frametok.models.registry import resolve_model
 from frametok.models.session import create_session
+from frametok.registry import resolve_model
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -9,7 +9,7 @@ import pytest
 
 from frametok import ModelError
 from frametok.models.manifest import load_manifest
-from frametok.models.registry import REGISTRY, resolve_model
+from frametok.registry import REGISTRY, resolve_model
 
 
 def test_unknown_name_lists_known_ones() -> None:

@@ -239,9 +239,9 @@ PERSON = 0
 def vtest_detections(shared_models: Path, shared_media: Path) -> list[Detections]:
     """The YOLOv8n detections of all 795 frames of vtest.avi (one detector pass for the module)."""
     from frametok.models.detector import Detector
-    from frametok.models.registry import resolve_model
     from frametok.models.session import create_session
-    from frametok.streamer.sources import decode_frames
+    from frametok.registry import resolve_model
+    from frametok.streamer.source.decode import decode_frames
 
     files = resolve_model("yolov8n", "detector", [shared_models], allow_online=False)
     detector = Detector(files.manifest, create_session(files, ("cpu",), threads=2))  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from frametok.models.compression import GridUpdate
+from frametok.grid import GridUpdate
 from frametok.packet import (
     Detections,
     EndOfStream,

@@ -38,7 +38,7 @@ from frametok.packet import (
     decode,
     encode,
 )
-from frametok.streamer.subscriber import Subscriber
+from frametok.sdk.subscriber import Subscriber
 
 from . import make_vectors
 from .reader import Malformed, read

@@ -13,7 +13,7 @@ import pytest
 
 from frametok import EndOfStream, StatusMessage, TokenPacket
 from frametok.packet import Message
-from frametok.streamer.sources import decode_frames
+from frametok.streamer.source.decode import decode_frames
 
 from ..conftest import free_endpoint
 from .test_pipeline import run_and_collect

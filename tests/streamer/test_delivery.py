@@ -25,7 +25,7 @@ from ..conftest import free_endpoint
 def _publish(config: PublisherConfig, count: int, interval_s: float, wait: int, results: Any) -> None:
     import zmq
 
-    from frametok.streamer.publisher import Publisher
+    from frametok.streamer.delivery.publisher import Publisher
 
     ctx = zmq.Context()
     pub = Publisher(ctx, config, {"cam": StreamInfo("cam", "file", {"detector": {"class_names": ["thing"]}})})
@@ -130,7 +130,7 @@ def test_late_joiner_starts_cleanly() -> None:
 @pytest.mark.parametrize("mode", ["live", "lossless"])
 def test_curve_admits_only_authorised_keys(tmp_path: Path, mode: str) -> None:
     from frametok.config import CurveConfig
-    from frametok.streamer.security import make_keypair
+    from frametok.keys import make_keypair
 
     _, server_secret = make_keypair(tmp_path / "server", "server")
     server_public = tmp_path / "server" / "server.key"

@@ -24,8 +24,8 @@ def _batch_time_s(models: Path, size_wh: tuple[int, int]) -> float:
     """Median time of one full batch through the same detector, pre- and post-processing included, measured
     here and now (the machine is shared: a figure from elsewhere would not hold)."""
     from frametok.models.detector import Detector
-    from frametok.models.registry import resolve_model
     from frametok.models.session import create_session
+    from frametok.registry import resolve_model
 
     files = resolve_model("yolov8n", "detector", [str(models)], allow_online=False)
     detector = Detector(files.manifest, create_session(files, ("cpu",), 0))  # type: ignore[arg-type]

@@ -18,12 +18,12 @@ import yaml
 
 from frametok import EndOfStream, StatusMessage, Subscriber, TokenPacket
 from frametok.config import SupervisorConfig
-from frametok.models.compression import cosine_per_patch
+from frametok.grid import cosine_per_patch
 from frametok.models.encoder import Encoder
 from frametok.models.session import create_session, locate_model
 from frametok.packet import Message
-from frametok.streamer.sources import decode_frames
-from frametok.streamer.watch import RestartBudget
+from frametok.streamer.source.decode import decode_frames
+from frametok.streamer.supervision.watch import RestartBudget
 
 from ..conftest import free_endpoint, start_cli, write_video
 from .test_live_sources import tiny_encoder, tiny_models

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from frametok.streamer.health import HealthServer, HealthState
-from frametok.streamer.notices import EventNotice
+from frametok.streamer.ipc.notices import EventNotice
+from frametok.streamer.supervision.health import HealthServer, HealthState
 
 from ..conftest import free_endpoint, start_cli, write_video
 from .test_live_sources import tiny_encoder, tiny_models

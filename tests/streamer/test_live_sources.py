@@ -397,7 +397,7 @@ def test_image_folder_and_glob(tiny_encoder: Path, tmp_path: Path, endpoint: str
 
 
 def test_empty_image_folder_is_refused(tmp_path: Path) -> None:
-    from frametok.streamer.supervisor import prepare_sources
+    from frametok.streamer.supervision.supervisor import prepare_sources
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"source 'e'.*no images"):
@@ -443,7 +443,7 @@ def test_camera_frames_through_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
     import cv2
 
     from frametok.errors import SourceError
-    from frametok.streamer.sources import decode_frames
+    from frametok.streamer.source.decode import decode_frames
 
     monkeypatch.setattr(cv2, "VideoCapture", _FakeCapture)
     frames = []
@@ -460,7 +460,7 @@ def test_camera_frames_through_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_missing_camera_is_refused_before_anything_starts() -> None:
-    from frametok.streamer.supervisor import prepare_sources
+    from frametok.streamer.supervision.supervisor import prepare_sources
 
     config = parse_config({"sources": [{"id": "cam", "uri": "/dev/video97"}]})
     with pytest.raises(ConfigError, match=r"source 'cam': camera /dev/video97: no device"):

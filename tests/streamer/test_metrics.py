@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from frametok import EndOfStream, Subscriber, TokenPacket
 from frametok.config import parse_config
 from frametok.errors import ConfigError
-from frametok.streamer.costs import packet_cost
+from frametok.sdk.costs import packet_cost
 
 from ..conftest import free_endpoint, run_cli, start_cli
 

@@ -9,7 +9,7 @@ import uuid
 
 import numpy as np
 
-from frametok.streamer.ring import FrameRing, RingSpec
+from frametok.streamer.ipc.ring import FrameRing, RingSpec
 
 SHAPE = (48, 64, 3)
 

@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from frametok import StreamInfo, Subscriber, TokenPacket
-from frametok.models.compression import cosine_per_patch
+from frametok.grid import cosine_per_patch
 from frametok.models.encoder import Encoder
-from frametok.models.registry import resolve_model
 from frametok.models.session import create_session
-from frametok.streamer.sources import decode_frames
+from frametok.registry import resolve_model
+from frametok.streamer.source.decode import decode_frames
 
 from ..conftest import start_cli
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from frametok import EndOfStream, Subscriber, TokenPacket
-from frametok.streamer.costs import packet_cost
+from frametok.sdk.costs import packet_cost
 
 from ..conftest import ROOT, free_endpoint, start_cli
 from .browser import Browser, find_chromium

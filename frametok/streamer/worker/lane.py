@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from ..models.detector import Detector, LetterboxInfo
-from ..models.encoder import EncodedFrames, Encoder
-from .notices import EndNotice, FrameNotice
-from .ring import FrameRing
+from ...models.detector import Detector, LetterboxInfo
+from ...models.encoder import EncodedFrames, Encoder
+from ..ipc.notices import EndNotice, FrameNotice
+from ..ipc.ring import FrameRing
 
 __all__ = ["Batch", "Inference", "Loaded", "ModelLane"]
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import zmq
 
-from ..config import PublisherConfig
-from ..errors import PipelineError
-from ..packet import Message, StreamInfo, encode, topic_for
+from ...config import PublisherConfig
+from ...errors import PipelineError
+from ...packet import Message, StreamInfo, encode, topic_for
 from .lossless import LosslessRouter
 from .security import server_curve, start_authenticator
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..errors import ModelError
-from .describe import IMAGENET_MEAN, IMAGENET_STD, describe_encoder_onnx, describe_ultralytics_onnx
-from .manifest import DetectorManifest, EncoderManifest, file_sha256, manifest_path_for, write_manifest
-from .session import ModelFiles, locate_model
+from .errors import ModelError
+from .models.describe import IMAGENET_MEAN, IMAGENET_STD, describe_encoder_onnx, describe_ultralytics_onnx
+from .models.manifest import DetectorManifest, EncoderManifest, file_sha256, manifest_path_for, write_manifest
+from .models.session import ModelFiles, locate_model
 
 __all__ = ["REGISTRY", "RegistryEntry", "cache_dir", "describe_registry", "models_dirs", "resolve_model"]
 
@@ -127,7 +127,7 @@ def _exported(entry: RegistryEntry, weights: Path, cache: Path) -> ModelFiles:
                 return files
         except ModelError:
             pass
-    from ..exporters import export_yolo  # needs the export extra
+    from .exporters import export_yolo  # needs the export extra
 
     log.info("%s: exporting %s to ONNX in %s", entry.name, weights, cache)
     return export_yolo(weights, cache, name=entry.name)
@@ -164,7 +164,7 @@ def _download_ultralytics(asset: str, folder: Path) -> Path:
 def _online_export(entry: RegistryEntry, cache: Path) -> ModelFiles:
     if entry.online is None:
         raise ModelError(f"{entry.name}: no online source known")
-    from ..exporters import export_timm_encoder, export_yolo
+    from .exporters import export_timm_encoder, export_yolo
 
     if entry.kind == "detector":
         return export_yolo(_download_ultralytics(entry.online, cache / "downloads"), cache, name=entry.name)

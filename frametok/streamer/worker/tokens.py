@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..config import EncoderConfig
-from ..models.compression import GridCompressor, GridUpdate
-from ..models.soft_tokens import QueryBank, pixel_change, pool_grid, thumbnail
+from ...config import EncoderConfig
+from ...grid import GridUpdate
+from ...models.compression import GridCompressor
+from ...models.soft_tokens import QueryBank, pixel_change, pool_grid, thumbnail
 
 __all__ = ["SoftTokenStream", "SoftTokens"]
 

@@ -35,9 +35,9 @@ from typing import Any
 
 import zmq
 
-from ..config import SourceConfig, source_kind
-from ..errors import SourceError
-from .notices import (
+from ...config import SourceConfig, source_kind
+from ...errors import SourceError
+from ..ipc.notices import (
     EndNotice,
     EventNotice,
     FrameNotice,
@@ -48,8 +48,8 @@ from .notices import (
     die_with_parent,
     set_process_name,
 )
-from .ring import FrameRing
-from .sources import DecodedFrame, SourceStalled, decode_frames, redact_uri
+from ..ipc.ring import FrameRing
+from .decode import DecodedFrame, SourceStalled, decode_frames, redact_uri
 
 __all__ = ["producer_main"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ..config import Config
-from .notices import EventNotice
+from ...config import Config
+from ..ipc.notices import EventNotice
 
 __all__ = ["ProgressView"]
 

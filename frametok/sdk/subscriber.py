@@ -24,10 +24,21 @@ from typing import Any, Literal
 import zmq
 
 from ..errors import ProtocolError
-from ..models.compression import GridDecompressor
-from ..packet import PROTOCOL_VERSION, EndOfStream, Message, StreamInfo, TokenPacket, decode, topic_for
-from .lossless import BYE, CREDIT, HELLO, KEY
-from .security import client_curve
+from ..grid import GridDecompressor
+from ..keys import client_curve
+from ..packet import (
+    BYE,
+    CREDIT,
+    HELLO,
+    KEY,
+    PROTOCOL_VERSION,
+    EndOfStream,
+    Message,
+    StreamInfo,
+    TokenPacket,
+    decode,
+    topic_for,
+)
 
 __all__ = ["GapReport", "Subscriber"]
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .notices import EventNotice
+from ..ipc.notices import EventNotice
 
 __all__ = ["HealthServer", "HealthState"]
 

@@ -16,11 +16,11 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, ProcessCollector, start_http_server
 
-from ..config import MetricsConfig
-from ..errors import PipelineError
-from ..packet import STATUS_STATES, EndOfStream, Message, StatusMessage, StreamInfo, TokenPacket
-from .costs import packet_cost
-from .ring import FrameRing
+from ...config import MetricsConfig
+from ...errors import PipelineError
+from ...packet import STATUS_STATES, EndOfStream, Message, StatusMessage, StreamInfo, TokenPacket
+from ...sdk.costs import packet_cost
+from ..ipc.ring import FrameRing
 
 __all__ = ["MetricsServer", "WorkerMetrics", "serve_metrics"]
 

@@ -8,7 +8,7 @@ import errno
 import socket
 from collections.abc import Iterable
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 __all__ = ["check_endpoints_free", "endpoint_in_use"]
 

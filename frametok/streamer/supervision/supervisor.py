@@ -22,16 +22,16 @@ from typing import Any
 
 import zmq
 
-from ..config import Config, SourceConfig
-from ..errors import ConfigError, PipelineError
-from ..models.registry import resolve_model
-from ..models.session import check_precision
-from .endpoints import check_endpoints_free
+from ...config import Config, SourceConfig
+from ...errors import ConfigError, PipelineError
+from ...models.session import check_precision
+from ...registry import resolve_model
+from ..delivery.endpoints import check_endpoints_free
+from ..ipc.notices import EventNotice, RunContext
+from ..source.decode import IMAGE_SUFFIXES, check_camera, image_files, probe_source
+from ..worker.models import Models
 from .health import HealthServer, HealthState
-from .notices import EventNotice, RunContext
-from .sources import IMAGE_SUFFIXES, check_camera, image_files, probe_source
 from .watch import RunWatch
-from .worker import Models
 
 __all__ = ["RunSummary", "check_endpoints", "prepare_models", "prepare_sources", "run_pipeline"]
 
@@ -109,12 +109,12 @@ def _prepare_source(src: SourceConfig) -> str:
     must exist; network streams are not opened here (a live source that is down is retried by its
     producer, with backoff).
     """
-    from ..errors import SourceError
+    from ...errors import SourceError
 
     kind = src.kind
     try:
         if kind == "demo":
-            from ..demo import ensure_demo_clip
+            from ...demo import ensure_demo_clip
 
             return str(ensure_demo_clip())
         if kind == "file":
@@ -152,8 +152,8 @@ def _check_host(uri: str) -> None:
     name server that does not answer yet, is not (its producer retries)."""
     from urllib.parse import urlsplit
 
-    from ..errors import SourceError
-    from .sources import redact_uri
+    from ...errors import SourceError
+    from ..source.decode import redact_uri
 
     host = urlsplit(uri).hostname
     if not host:

@@ -27,14 +27,12 @@ from typing import Any
 
 import zmq
 
-from ..packet import topic_for
+from ...packet import BYE, CREDIT, HELLO, KEY, MAX_CREDIT, topic_for
 
-__all__ = ["BYE", "CREDIT", "HELLO", "KEY", "LosslessRouter"]
+__all__ = ["LosslessRouter"]
 
 log = logging.getLogger(__name__)
 
-HELLO, CREDIT, KEY, BYE = b"HELLO", b"CREDIT", b"KEY", b"BYE"
-MAX_CREDIT = 1 << 20
 
 
 @dataclass

@@ -8,10 +8,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..config import QueryConfig
-from ..errors import ConfigError
-from ..models.encoder import Encoder
-from ..models.soft_tokens import QueryBank
+from ...config import QueryConfig
+from ...errors import ConfigError
+from ...models.encoder import Encoder
+from ...models.soft_tokens import QueryBank
 
 __all__ = ["build_query_bank"]
 

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..config import source_kind
-from ..errors import SourceError
+from ...config import source_kind
+from ...errors import SourceError
 
 __all__ = [
     "IMAGE_SUFFIXES",

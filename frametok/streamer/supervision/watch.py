@@ -27,12 +27,13 @@ from typing import Any
 
 import zmq
 
-from ..config import Config, SourceConfig, SupervisorConfig
-from ..errors import ConfigError, ModelError, PipelineError
+from ...config import Config, SourceConfig, SupervisorConfig
+from ...errors import ConfigError, ModelError, PipelineError
+from ..ipc.notices import EndNotice, EventNotice, LostNotice, ResumeNotice, RunContext, WorkerResume
+from ..source.producer import producer_main
+from ..worker.models import Models
+from ..worker.process import worker_main
 from .health import HealthState
-from .notices import EndNotice, EventNotice, LostNotice, ResumeNotice, RunContext, WorkerResume
-from .producer import producer_main
-from .worker import Models, worker_main
 
 __all__ = ["RestartBudget", "RunWatch"]
 

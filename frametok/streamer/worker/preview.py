@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from ..config import PreviewConfig
+from ...config import PreviewConfig
 
 __all__ = ["make_preview"]
 

@@ -1,0 +1,11 @@
+"""The subscriber side: the ``Subscriber`` SDK (live and lossless), message rendering, wire costs.
+
+Imports only the wire format (``frametok.packet``, ``frametok.grid``), the CURVE key files and the
+errors: a program that consumes tokens needs pyzmq and numpy, never the model runtime, OpenCV or PyAV.
+"""
+
+from __future__ import annotations
+
+from .subscriber import GapReport, Subscriber
+
+__all__ = ["GapReport", "Subscriber"]

@@ -1,0 +1,140 @@
+"""The worker's publish path: post-process what the models made of a batch (NMS, tracks, soft tokens),
+publish one packet per frame in order, release ring slots once their packets are delivered, end streams."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ...packet import Detections, EndOfStream, Timestamps, TokenPacket
+from ..delivery.publisher import Publisher
+from ..ipc.notices import EndNotice, FrameNotice
+from ..ipc.ring import FrameRing
+from .lane import Batch, Inference
+from .metrics import WorkerMetrics
+from .models import LoadedModels
+from .streams import StreamState
+from .tokens import SoftTokens
+
+__all__ = ["Emitter"]
+
+
+class Emitter:
+    """Turns finished batches into packets; counts batches, frames and model time for the summary."""
+
+    def __init__(self, models: LoadedModels, streams: dict[str, StreamState], publisher: Publisher,
+                 metrics: WorkerMetrics | None, event: Callable[..., None]) -> None:
+        self.models, self.streams, self.publisher, self.metrics = models, streams, publisher, metrics
+        self.event = event
+        self.undelivered: deque[tuple[int, FrameRing, int, int]] = deque()  # (message id, ring, slot, seq)
+        self.batches = 0
+        self.frames_done = 0
+        self.model_time_s = 0.0
+        self.active_since: float | None = None  # monotonic: the first batch of frames began loading
+        self.active_until = 0.0  # monotonic: the last batch of frames was published
+
+    def mark_active(self) -> None:
+        if self.active_since is None:
+            self.active_since = time.monotonic()
+
+    @property
+    def active_s(self) -> float:
+        return max(0.0, self.active_until - self.active_since) if self.active_since is not None else 0.0
+
+    def _detections(self, batch: Batch, out: Inference) -> list[Detections | None]:
+        dets: list[Detections | None] = [None] * len(batch.frames)
+        detector = self.models.detector
+        if detector is not None and out.detections_raw is not None:
+            for i, item in enumerate(batch.frames):  # in frame order within each stream
+                found = detector.postprocess(out.detections_raw[i], item.letterbox)  # type: ignore[arg-type]
+                tracker = self.streams[item.notice.stream_id].tracker
+                if tracker is not None:
+                    if item.reset_tracker:
+                        tracker.reset()
+                    found = tracker.update(found)
+                dets[i] = found
+        return dets
+
+    def publish(self, batch: Batch, out: Inference) -> None:
+        """Post-process a batch the models ran, publish its packets in order, then the ends of its streams."""
+        n = len(batch.frames)
+        dets = self._detections(batch, out)
+        enc = out.encoded
+        self.model_time_s += out.detector_s + out.encoder_s
+        if self.metrics is not None:
+            self.metrics.on_batch(n, out.detector_s if self.models.detector is not None else None,
+                                  out.encoder_s if enc is not None else None, self.streams)
+        t_infer = time.time_ns()
+        for i, item in enumerate(batch.frames):
+            notice = item.notice
+            st = self.streams[notice.stream_id]
+            soft = SoftTokens()
+            if st.soft is not None:
+                if item.encoder_row >= 0 and enc is not None:
+                    soft = st.soft.encoded(enc.context[item.encoder_row], enc.patches[item.encoder_row])
+                else:
+                    soft = st.soft.skip()
+            h, w = item.ring.spec.shape_hwc[:2]
+            message_id = self.publisher.publish(TokenPacket(
+                stream_id=notice.stream_id,
+                frame_index=notice.frame_index,
+                pts_s=notice.pts_s,
+                size_wh=(w, h),
+                policy=st.policy,  # type: ignore[arg-type]
+                dropped=notice.dropped,
+                timestamps=Timestamps(notice.t_capture_ns, notice.t_decode_ns, t_infer),
+                detections=dets[i],
+                context_token=soft.context,
+                patch_tokens=soft.patches,
+                models=self.models.ids,
+                grid_update=soft.grid_update,
+                content_tokens=soft.content,
+                query_tokens=soft.query_tokens,
+                query_scores=soft.query_scores,
+                preview_jpeg=item.preview_jpeg,
+            ))
+            self._release_when_delivered(item.ring, notice, message_id)
+            st.published += 1
+            st.last_frame = notice.frame_index
+        if n:
+            self.batches += 1
+            self.frames_done += n
+            self.active_until = time.monotonic()
+        self.end_streams(batch.ends)
+
+    def end_streams(self, ends: list[EndNotice]) -> None:
+        for end in ends:
+            st = self.streams[end.stream_id]
+            st.ended = True
+            self.publisher.publish(EndOfStream(end.stream_id, st.published, end.reason, end.detail))  # type: ignore[arg-type]
+            self.event("stream_end", stream=end.stream_id, packets=st.published, reason=end.reason,
+                       detail=end.detail)
+
+    def _release_when_delivered(self, ring: FrameRing, notice: FrameNotice, message_id: int) -> None:
+        """A frame's ring slot goes back to the producer once its packet is delivered: at once for live
+        subscribers, once every lossless subscriber took it (credited it back) otherwise. So a frame still in
+        the ring may not have reached a lossless subscriber, and is redone by the next worker should this one
+        die (one that did reach it is then not yielded twice by the subscriber)."""
+        if ring.closed:  # replaced meanwhile (the producer retired or lost it)
+            return
+        if message_id < 0 or self.publisher.lossless is None or not self.publisher.lossless.peers:
+            ring.release(notice.slot, notice.seq)
+        else:
+            self.undelivered.append((message_id, ring, notice.slot, notice.seq))
+
+    def release_delivered(self) -> None:
+        lossless = self.publisher.lossless
+        if lossless is None:
+            return
+        below = lossless.acked_below()
+        while self.undelivered and self.undelivered[0][0] < below:
+            _, ring, slot, seq = self.undelivered.popleft()
+            if not ring.closed:  # a ring replaced meanwhile (the producer retired or lost it)
+                ring.release(slot, seq)
+
+    def summary(self) -> dict[str, Any]:
+        """The counters the worker's ``done`` event reports."""
+        return {"frames": self.frames_done, "batches": self.batches, "model_time_s": self.model_time_s,
+                "active_s": self.active_s}

@@ -1,0 +1,92 @@
+"""The models a worker runs: loaded once per worker process, and described for each stream's info."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...config import Config
+from ...errors import ConfigError
+from ...models.detector import Detector
+from ...models.encoder import Encoder
+from ...models.session import ModelFiles, create_session
+from ...models.soft_tokens import QueryBank
+from ...models.tracking import Tracker
+from .queries import build_query_bank
+
+__all__ = ["LoadedModels", "Models", "load_models"]
+
+_DEFAULT_TRACK_FPS = 30.0  # the tracker's frame rate when the source gives none
+
+
+@dataclass(frozen=True)
+class Models:
+    """The resolved model files a worker loads."""
+
+    detector: ModelFiles | None
+    encoder: ModelFiles | None
+
+
+@dataclass
+class LoadedModels:
+    """The sessions a worker runs, the query bank, and what stream info says of them (``infos``)."""
+
+    config: Config
+    detector: Detector | None = None
+    encoder: Encoder | None = None
+    queries: QueryBank | None = None
+    ids: dict[str, str] = field(default_factory=dict)
+    infos: dict[str, Any] = field(default_factory=dict)
+
+    def tracker(self, fps: float | None) -> Tracker | None:
+        """A fresh tracker for a stream at ``fps`` (None without a detector or with tracking off)."""
+        dc = self.config.detector
+        if self.detector is None or dc is None or not dc.tracker.enabled:
+            return None
+        tc = dc.tracker
+        try:
+            return Tracker(fps or _DEFAULT_TRACK_FPS, tc.activation_threshold, tc.lost_track_buffer,
+                           tc.matching_threshold, tc.min_consecutive_frames)
+        except ValueError as exc:
+            raise ConfigError(f"detector.tracker: {exc}") from exc
+
+
+def load_models(config: Config, models: Models) -> LoadedModels:
+    """Open the sessions of ``models`` as the config's worker section says (providers, threads, precision)."""
+    wc = config.worker
+    loaded = LoadedModels(config)
+    if models.detector is not None and config.detector is not None:
+        dc = config.detector
+        session = create_session(models.detector, wc.providers, wc.threads, precision=wc.precision,
+                                 spin_wait=wc.spin_wait)
+        loaded.detector = Detector(models.detector.manifest, session,  # type: ignore[arg-type]
+                                   dc.conf_threshold, dc.iou_threshold, dc.max_det)
+    if models.encoder is not None and config.encoder is not None:
+        session = create_session(models.encoder, wc.providers, wc.threads, precision=wc.precision,
+                                 spin_wait=wc.spin_wait)
+        loaded.encoder = Encoder(models.encoder.manifest, session)  # type: ignore[arg-type]
+        if config.encoder.queries:
+            loaded.queries = build_query_bank(config.encoder.queries, loaded.encoder)
+    _describe(loaded)
+    return loaded
+
+
+def _describe(loaded: LoadedModels) -> None:
+    config = loaded.config
+    if loaded.detector is not None:
+        det = loaded.detector
+        loaded.ids["detector"] = det.manifest.model_id
+        loaded.infos["detector"] = {**det.manifest.info(), "providers": list(det.session.get_providers()),
+                                    "precision": det.precision}
+    if loaded.encoder is not None:
+        enc, ec = loaded.encoder, config.encoder
+        assert ec is not None
+        loaded.ids["encoder"] = enc.manifest.model_id
+        loaded.infos["encoder"] = {
+            **enc.manifest.info(), "dtype": ec.dtype, "pool": ec.pool,
+            "providers": list(enc.session.get_providers()), "precision": enc.precision,
+            "queries": list(loaded.queries.names) if loaded.queries else [],
+            "compression": {"tau": ec.tau, "keyframe_interval": ec.keyframe_interval} if ec.compress else None,
+        }
+    if loaded.detector is not None and config.detector is not None and config.detector.tracker.enabled:
+        loaded.infos["tracker"] = {"kind": "bytetrack", **config.detector.tracker.model_dump(exclude={"enabled"})}
