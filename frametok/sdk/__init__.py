@@ -6,6 +6,7 @@ errors: a program that consumes tokens needs pyzmq and numpy, never the model ru
 
 from __future__ import annotations
 
-from .subscriber import GapReport, Subscriber
+from .sequence import GapReport
+from .subscriber import Subscriber
 
 __all__ = ["GapReport", "Subscriber"]

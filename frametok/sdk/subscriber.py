@@ -12,12 +12,11 @@ messages, counted as gaps, and never slows the pipeline) and ``lossless`` (DEALE
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,32 +26,18 @@ from ..errors import ProtocolError
 from ..grid import GridDecompressor
 from ..keys import client_curve
 from ..packet import (
-    BYE,
-    CREDIT,
-    HELLO,
-    KEY,
-    PROTOCOL_VERSION,
-    EndOfStream,
     Message,
     StreamInfo,
     TokenPacket,
     decode,
     topic_for,
 )
+from .lossless import CreditClient
+from .sequence import GapReport, SequenceTracker
 
 __all__ = ["GapReport", "Subscriber"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class GapReport:
-    """Messages of one stream that never arrived: how many, between which sequence numbers, and
-    which frames they may have held."""
-
-    missing: int = 0
-    gaps: list[tuple[int, int]] = field(default_factory=list)  # (last seq seen, next seq seen)
-    frames: list[tuple[int, int]] = field(default_factory=list)  # first..last frame index that may be lost
 
 
 class Subscriber:
@@ -94,21 +79,15 @@ class Subscriber:
         self.credit = credit
         self.heartbeat_s = heartbeat_s
         self.streams = None if streams is None else list(streams)
-        self.infos: dict[str, StreamInfo] = {}
-        self.gaps: dict[str, GapReport] = {}
+        self._seq = SequenceTracker()
+        self.infos: dict[str, StreamInfo] = self._seq.infos
+        self.gaps: dict[str, GapReport] = self._seq.gaps
         self.malformed = 0
         self.received = 0
-        self._last_seq: dict[str, int] = {}
-        self._last_frame: dict[str, int] = {}
         self._grids: dict[str, GridDecompressor] = {}
         self._key_asked: dict[str, float] = {}
         self.unsynced = 0  # frame packets yielded without a grid: out of sync, waiting for a keyframe
-        self.duplicates = 0  # frame packets skipped: seen already (redone by a restarted worker)
-        self._resumed: set[str] = set()  # streams whose publisher restarted, until a new frame arrives
         self._pending: deque[Message] = deque()  # taken from the socket already, in the order to yield
-        self._ended: set[str] = set()
-        self._consumed = 0
-        self._last_hello = 0.0
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
         topics = [b""] if self.streams is None else [topic_for(s) for s in self.streams]
@@ -125,55 +104,25 @@ class Subscriber:
         else:
             self.socket.setsockopt(zmq.RCVHWM, 0)  # bounded by the credit window
         self.socket.connect(endpoint)
+        self._credit: CreditClient | None = None
         if mode == "lossless":
-            self._hello()
+            self._credit = CreditClient(self.socket, self.streams, credit, heartbeat_s)
+            self._credit.hello()
 
     # ------------------------------------------------------------------ state
 
     @property
     def ended(self) -> set[str]:
-        return set(self._ended)
+        return set(self._seq.ended)
+
+    @property
+    def duplicates(self) -> int:
+        """Frame packets skipped: seen already (redone by a restarted worker)."""
+        return self._seq.duplicates
 
     def class_names(self, stream_id: str) -> list[str]:
         info = self.infos.get(stream_id)
         return info.class_names() if info else []
-
-    def _all_ended(self) -> bool:
-        expected = set(self.streams) if self.streams is not None else set(self._last_seq)
-        return bool(expected) and expected <= self._ended
-
-    def _track(self, msg: Message) -> bool:
-        """Follow the stream's sequence; False for a packet to skip: a frame seen already (a restarted
-        worker may redo a frame published just before its predecessor died)."""
-        sid = msg.stream_id
-        last = self._last_seq.get(sid)
-        if last is not None and msg.seq <= last and sid not in self._ended:
-            self._resumed.add(sid)  # a new publisher (restarted worker) numbers from 0 again
-        if isinstance(msg, TokenPacket) and sid in self._resumed:
-            if msg.frame_index <= self._last_frame.get(sid, -1):
-                self._last_seq[sid] = msg.seq
-                self.duplicates += 1
-                return False
-            self._resumed.discard(sid)
-        if last is not None and msg.seq > last + 1:
-            report = self.gaps.setdefault(sid, GapReport())
-            report.missing += msg.seq - last - 1
-            report.gaps.append((last, msg.seq))
-            first = self._last_frame.get(sid, -1) + 1
-            if isinstance(msg, TokenPacket) and msg.frame_index > first:
-                report.frames.append((first, msg.frame_index - 1))
-        elif last is not None and msg.seq <= last:
-            log.info("stream %s restarted its sequence (%d after %d)", sid, msg.seq, last)
-        self._last_seq[sid] = msg.seq
-        if isinstance(msg, TokenPacket):
-            self._last_frame[sid] = msg.frame_index
-        if isinstance(msg, StreamInfo):
-            self.infos[sid] = msg
-        elif isinstance(msg, EndOfStream):
-            self._ended.add(sid)
-        elif sid in self._ended and isinstance(msg, TokenPacket):
-            self._ended.discard(sid)  # the stream started again
-        return True
 
     # ------------------------------------------------------------------ patch grids
 
@@ -196,8 +145,8 @@ class Subscriber:
         if now - self._key_asked.get(stream_id, -every_s) < every_s:
             return
         self._key_asked[stream_id] = now
-        if self.mode == "lossless":
-            self._control([KEY, stream_id.encode()])
+        if self._credit is not None:
+            self._credit.ask_keyframe(stream_id)
         else:
             # A subscription reaches the publisher's XPUB (which then sends a keyframe) even when it
             # repeats one we hold; removing it again leaves what we receive as it was.
@@ -205,37 +154,10 @@ class Subscriber:
             self.socket.setsockopt(zmq.SUBSCRIBE, topic)
             self.socket.setsockopt(zmq.UNSUBSCRIBE, topic)
 
-    # ------------------------------------------------------------------ lossless control
-
-    def _control(self, parts: list[bytes]) -> bool:
-        """Send a control message without blocking (False when no publisher is connected yet)."""
-        try:
-            self.socket.send_multipart(parts, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        return True
-
-    def _hello(self) -> None:
-        hello = {"v": list(PROTOCOL_VERSION), "streams": self.streams, "credit": self.credit}
-        self._control([HELLO, json.dumps(hello).encode()])
-        self._last_hello = time.monotonic()
-
-    def _grant(self, force: bool = False) -> None:
-        # every message is credited back at once: the credit is also the publisher's acknowledgement, on which
-        # it lets go of the frame (a frame not acknowledged is redone should the publisher die)
-        if self._consumed and self._control([CREDIT, str(self._consumed).encode()]):
-            self._consumed = 0
-
-    def _idle(self) -> None:
-        """While waiting (lossless): return credit for what was consumed, and say we are alive."""
-        self._grant(force=True)
-        if time.monotonic() - self._last_hello >= self.heartbeat_s:
-            self._hello()
-
     # ------------------------------------------------------------------ receiving
 
     def _poll(self, timeout_ms: int | None) -> bool:
-        if self.mode == "live":
+        if self._credit is None:
             return bool(self.socket.poll(timeout_ms))
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         while True:
@@ -244,14 +166,13 @@ class Subscriber:
                 step = max(0, min(step, int((deadline - time.monotonic()) * 1000)))
             if self.socket.poll(step):
                 return True
-            self._idle()
+            self._credit.idle()
             if deadline is not None and time.monotonic() >= deadline:
                 return False
 
     def _decode(self, parts: Any) -> Message | None:
-        if self.mode == "lossless":
-            self._consumed += 1
-            self._grant()
+        if self._credit is not None:
+            self._credit.consumed()
         try:
             return decode(parts)
         except Exception as exc:  # ProtocolError; anything else is a decoder bug, still not fatal
@@ -277,7 +198,7 @@ class Subscriber:
             msg = self._decode(parts)
             if msg is not None:
                 drained.append(msg)
-        old_next = {sid: seq + 1 for sid, seq in self._last_seq.items()}
+        old_next = {sid: seq + 1 for sid, seq in self._seq.last_seq.items()}
         old: list[Message] = []
         new: list[Message] = []
         for msg in drained:
@@ -305,12 +226,11 @@ class Subscriber:
                 msg = self._decode(parts)
                 if msg is None:
                     continue
-                last = self._last_seq.get(msg.stream_id)
-                if last is not None and msg.seq <= last and msg.stream_id not in self._ended:
+                if self._seq.restarted(msg):
                     msg = self._reorder(msg)
             assert msg is not None
             self.received += 1
-            if not self._track(msg):
+            if not self._seq.track(msg):
                 if isinstance(msg, TokenPacket):
                     self._rebuild(msg)  # a redone frame is not yielded twice, but its grid update counts
                 continue
@@ -319,7 +239,7 @@ class Subscriber:
             return msg
 
     def __iter__(self) -> Iterator[Message]:
-        while not (self.until_eos and self._all_ended()):
+        while not (self.until_eos and self._seq.all_ended(self.streams)):
             msg = self.recv(self.timeout_s)
             if msg is None:
                 return
@@ -332,9 +252,9 @@ class Subscriber:
                 yield msg
 
     def close(self) -> None:
-        if self.mode == "lossless":
-            self._grant(force=True)
-            self._control([BYE])
+        if self._credit is not None:
+            self._credit.grant()
+            self._credit.bye()
         self.socket.close()
         if self._own_ctx:
             self._ctx.term()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from frametok.streamer.source.producer import _Pacer
+from frametok.streamer.source.pacer import Pacer as _Pacer
 
 PERIOD = 1 / 30
 

@@ -21,163 +21,32 @@ with an end-of-stream.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from multiprocessing.synchronize import Event
 from typing import Any
 
-import zmq
-
 from ...config import SourceConfig, source_kind
 from ...errors import SourceError
-from ..ipc.notices import (
-    EndNotice,
-    EventNotice,
-    FrameNotice,
-    OpenNotice,
-    ResumeNotice,
-    RunContext,
-    StatusNotice,
-    die_with_parent,
-    set_process_name,
-)
-from ..ipc.ring import FrameRing
+from ..ipc.notices import EndNotice, ResumeNotice, RunContext, StatusNotice, die_with_parent, set_process_name
 from .decode import DecodedFrame, SourceStalled, decode_frames, redact_uri
+from .outbox import Outbox
+from .pacer import Pacer
+from .reader import Reader
+from .writer import RingWriter
 
 __all__ = ["producer_main"]
 
 log = logging.getLogger(__name__)
 
-_LINGER_MS = 2000
-_SEND_TIMEOUT_MS = 100
 _TICK_S = 0.05  # how often the main thread looks at the stop flag while it waits
 _PENDING_TICK_S = 0.002  # how often it looks whether the worker took the last frame (live, a frame waiting)
-_READER_JOIN_S = 1.0
-_BEAT_S = 1.0  # heartbeats to the supervisor, at most this often
-
-
-class _Reader:
-    """One connection of a source, read by a daemon thread into a hand-off of ``depth`` frames.
-
-    ``live``: a full hand-off drops its oldest frame (counted in ``dropped``) and the reader never
-    waits; otherwise the reader waits for room (back-pressure).
-    """
-
-    def __init__(self, open_frames: Callable[[], Iterator[DecodedFrame]], live: bool, depth: int, name: str) -> None:
-        self._open = open_frames
-        self.live, self.depth = live, depth
-        self._cond = threading.Condition()
-        self._queue: deque[DecodedFrame] = deque()
-        self.read = 0  # frames handed over (dropped ones included)
-        self.dropped = 0
-        self.error: BaseException | None = None
-        self._closed = False
-        self._done = False
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        frames: Iterator[DecodedFrame] | None = None
-        try:
-            frames = self._open()
-            for frame in frames:
-                with self._cond:
-                    while not self.live and len(self._queue) >= self.depth and not self._closed:
-                        self._cond.wait(_TICK_S)
-                    if self._closed:
-                        break
-                    if len(self._queue) >= self.depth:
-                        self._queue.popleft()
-                        self.dropped += 1
-                    self._queue.append(frame)
-                    self.read += 1
-                    self._cond.notify_all()
-        except BaseException as exc:  # reported to the main thread, which decides what it means
-            self.error = exc
-        finally:
-            if frames is not None:
-                with contextlib.suppress(Exception):
-                    frames.close()  # type: ignore[attr-defined]
-            with self._cond:
-                self._done = True
-                self._cond.notify_all()
-
-    def get(self, timeout_s: float) -> DecodedFrame | None:
-        """The next frame, or None when none came within ``timeout_s`` (or the reader finished)."""
-        with self._cond:
-            if not self._queue and not self._done:
-                self._cond.wait(timeout_s)
-            if not self._queue:
-                return None
-            frame = self._queue.popleft()
-            self._cond.notify_all()
-            return frame
-
-    @property
-    def finished(self) -> bool:
-        """The reader is done and every frame it read was taken."""
-        with self._cond:
-            return self._done and not self._queue
-
-    def close(self, join_s: float = _READER_JOIN_S) -> bool:
-        """Ask the reader to stop; True when its thread ended within ``join_s``."""
-        with self._cond:
-            self._closed = True
-            self._queue.clear()
-            self._cond.notify_all()
-        self.thread.join(join_s)
-        return not self.thread.is_alive()
-
-
-class _Pacer:
-    """When to announce the next frame of a live source to the worker.
-
-    The worker takes frames in the order it was told of them and runs them in batches. A frame announced
-    as soon as the worker took the previous one would sit out the rest of the batch in progress before its
-    own ran: up to twice the batch time old when published. So the pacer learns the worker's cycle (the
-    shortest of the last few times between two takes) and lets the newest frame go a frame period and a
-    half before the worker is due back. (Half a period cut the p50 latency of one 30 fps camera from 173 to
-    146 ms, but with three cameras one kept missing its batch and settled at every other one, its learnt
-    cycle then twice the worker's: 602 packets against 1,194 each for the other two.) A worker that keeps
-    up takes each frame at once, so its cycle is the source's frame period and every frame goes at once; a
-    worker that is late finds the frame waiting (never worse than announcing at once).
-    """
-
-    def __init__(self, window: int = 8) -> None:
-        self.taken_at: float | None = None
-        self.cycles: deque[float] = deque(maxlen=window)
-        self.period: float | None = None  # the source's frame period (moving average)
-        self._last_arrival: float | None = None
-
-    def arrived(self, now: float) -> None:
-        if self._last_arrival is not None:
-            dt = now - self._last_arrival
-            self.period = dt if self.period is None else 0.9 * self.period + 0.1 * dt
-        self._last_arrival = now
-
-    def _lead(self) -> float:
-        return 1.5 * (self.period or 1 / 30) + 0.005
-
-    def taken(self, now: float) -> None:
-        # two frames taken into one batch (one early, one as the worker came back, maybe after it published
-        # the batch before) are no cycle of the worker: counted, the next frame would go at once, wait out
-        # a whole batch, and batches would keep taking a stale frame. A worker about as fast as the source
-        # loses nothing by that: with no cycle learnt every frame goes at once.
-        if self.taken_at is not None and now - self.taken_at >= 1.5 * (self.period or 1 / 30) + 0.005:
-            self.cycles.append(now - self.taken_at)
-        self.taken_at = now
-
-    def due(self, now: float) -> bool:
-        if self.taken_at is None or not self.cycles:
-            return True
-        return now >= self.taken_at + min(self.cycles) - self._lead()
+_WAIT_TICK_S = 1.0  # how often it sends a heartbeat while it waits to reconnect
 
 
 class _Producer:
@@ -188,189 +57,60 @@ class _Producer:
         self.policy = src.effective_policy
         self.live_source = src.kind in ("camera", "network")
         self.reconnect = src.effective_reconnect
-        self.ctx = zmq.Context()
-        self.frames_out = self.ctx.socket(zmq.PUSH)
-        self.frames_out.setsockopt(zmq.LINGER, _LINGER_MS)
-        self.frames_out.setsockopt(zmq.SNDTIMEO, _SEND_TIMEOUT_MS)
-        self.frames_out.connect(run.frames_endpoint)
-        self.events_out = self.ctx.socket(zmq.PUSH)
-        self.events_out.setsockopt(zmq.LINGER, _LINGER_MS)
-        self.events_out.setsockopt(zmq.SNDTIMEO, _SEND_TIMEOUT_MS)
-        self.events_out.connect(run.events_endpoint)
-        self.ring: FrameRing | None = None
-        self.generation = 0
-        self.seq = 0  # frames written into the ring (the worker's notices)
+        self.outbox = Outbox(src.id, run, stop, epoch)
+        self.outbox.on_new_worker = self._resync
+        self.pacer = Pacer()
+        self.writer = RingWriter(src.id, run.shm_prefix, src.slots or 4, self.policy, self.outbox, stop,
+                                 self.pacer, lambda: self.dropped, attempt)
         self.captured = 0  # frames read from the source over every connection (the packets' frame index)
-        self.ring_dropped = 0  # overwritten in the ring (live; only when the worker lost track of a frame)
         self.pending_dropped = 0  # replaced by a newer frame while the worker was busy (live)
         self.handoff_dropped = 0  # by the readers of earlier connections
         self.pending: DecodedFrame | None = None  # live: the newest frame, waiting for the worker
-        self.outstanding: tuple[int, int] | None = None  # (slot, seq) announced, not yet taken by the worker
-        self.pacer = _Pacer()
-        self.reader: _Reader | None = None
+        self.reader: Reader | None = None
         self.base = 0  # frame index of the current connection's first frame
-        self.stragglers: list[_Reader] = []
+        self.stragglers: list[Reader] = []
         self.state = ""
         self.damage: deque[str] = deque()  # damaged parts the reader skipped, to report (files)
         self.damaged = 0
-        # restarts: a restarted producer names its rings and numbers its frames apart from its predecessor's;
-        # a file continues from the first frame the worker did not publish, a live source's index goes on
-        self.attempt = attempt
-        self.generation = attempt * 1000
-        self.seq = attempt << 32
+        # restarts: a file continues from the first frame the worker did not publish, a live source's
+        # index goes on
         self.resume_from = resume_from
         if self.live_source:
             self.captured = resume_from
-        # worker restarts: ``epoch`` (a shared counter) changes when a new worker is ready; the frames still
-        # in the ring (not released: not published) are announced to it again
-        self.epoch_value = epoch
-        self.epoch = epoch.value if epoch is not None else 0
-        self.notices: dict[int, FrameNotice] = {}  # slot -> the notice of the frame it holds
         self.end_notice: EndNotice | None = None
-        self._beat_at = 0.0
-
-    # ------------------------------------------------------------------ messages
-
-    def _send(self, sock: zmq.Socket[Any], obj: Any) -> bool:
-        """Send, retrying while the receiver's queue is full; gives up once the run stops."""
-        while True:
-            try:
-                sock.send_pyobj(obj)
-                return True
-            except zmq.Again:
-                if self.stop.is_set():
-                    return False
-                if sock is self.frames_out:
-                    self._beat()
-
-    def notify(self, notice: Any) -> None:
-        self._resync()
-        self._send(self.frames_out, notice)
-
-    def _beat(self) -> None:
-        """A heartbeat for the supervisor (at most one a second): this process is not hung."""
-        now = time.monotonic()
-        if now - self._beat_at >= _BEAT_S:
-            self._beat_at = now
-            self._send(self.events_out, EventNotice(self.stream_id, "heartbeat", {}))
-
-    def _tick(self) -> None:
-        """Called wherever the producer waits: heartbeat, and a new worker to bring up to date."""
-        self._resync()
-        self._beat()
 
     def _resync(self) -> None:
         """A restarted worker is ready: tell it this stream resumes, its ring, every frame still in the ring
-        (in order: the dead worker never published them) and, when sent already, the stream's end."""
-        if self.epoch_value is None or self.epoch_value.value == self.epoch:
-            return
-        self.epoch = self.epoch_value.value
-        self._send(self.frames_out, ResumeNotice(self.stream_id, self.state))
-        resent = 0
-        ring = self.ring
-        if ring is not None:
-            ring.reset_claims()
-            self._send(self.frames_out, OpenNotice(self.stream_id, ring.spec))
-            for slot in ring.unreleased():
-                notice = self.notices.get(slot)
-                if notice is not None and notice.seq == ring.frame_seq(slot):
-                    self._send(self.frames_out, notice)
-                    resent += 1
+        and, when sent already, the stream's end."""
+        self.outbox.send_frames(ResumeNotice(self.stream_id, self.state))
+        resent = self.writer.reannounce()
         if self.end_notice is not None:
-            self._send(self.frames_out, self.end_notice)
+            self.outbox.send_frames(self.end_notice)
         log.info("a new worker: %d frame(s) announced again", resent)
         self.event("resumed", frames=resent)
 
     def event(self, event: str, **data: Any) -> None:
-        self._send(self.events_out, EventNotice(self.stream_id, event, data))
+        self.outbox.event(event, **data)
 
     def status(self, state: str, detail: str = "") -> None:
         self.state = state
         log.info("%s %s", state, detail)
-        self.notify(StatusNotice(self.stream_id, state, detail, time.time_ns()))
+        self.outbox.notify(StatusNotice(self.stream_id, state, detail, time.time_ns()))
         self.event("status", state=state, detail=detail)
 
     @property
     def dropped(self) -> int:
         current = self.reader.dropped if self.reader is not None else 0
-        return self.ring_dropped + self.pending_dropped + self.handoff_dropped + current
-
-    # ------------------------------------------------------------------ ring
-
-    def _ring_for(self, shape: tuple[int, int, int]) -> FrameRing:
-        if self.ring is not None and self.ring.spec.shape_hwc == shape:
-            return self.ring
-        if self.ring is not None:  # a new frame size: a new ring, once the worker is done with the old one
-            self._retire(self.ring, timeout_s=10.0)
-        self.generation += 1
-        name = f"{self.run.shm_prefix}{self.stream_id}-{self.generation}"
-        self.ring = FrameRing.create(name, self.src.slots or 4, shape)
-        self.notify(OpenNotice(self.stream_id, self.ring.spec))
-        return self.ring
-
-    def _retire(self, ring: FrameRing, timeout_s: float | None = None) -> None:
-        """Remove ``ring`` once the worker released every frame in it. A ring it may still have to attach
-        to (the run stopped, or the worker is late) is left in place: the supervisor removes every
-        segment of the run once all its processes have exited."""
-        if self._drained(ring, timeout_s):
-            ring.close()
-        else:
-            log.debug("leaving %s to the supervisor", ring.spec.name)
-
-    def _drained(self, ring: FrameRing, timeout_s: float | None = None) -> bool:
-        """Wait until the worker has released every frame of ``ring`` (False: stop, or the timeout)."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while not self.stop.is_set():
-            if ring.all_released():
-                return True
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            self._tick()
-            time.sleep(0.005)
-        return False
+        return self.writer.ring_dropped + self.pending_dropped + self.handoff_dropped + current
 
     def _write(self, frame: DecodedFrame) -> bool:
-        """Put one frame into the ring and tell the worker; False when the run stopped meanwhile."""
-        ring = self._ring_for(frame.frame_rgb.shape)  # type: ignore[arg-type]
         index = self.base + frame.index  # frames dropped before leave a jump in the frame index
         self.captured = max(self.captured, index + 1)
-        got = None
-        while got is None and not self.stop.is_set():
-            got = ring.acquire(self.policy, timeout_s=0.1)
-            if got is None and self.policy == "live":
-                break
-            self._tick()
-        if got is None:
-            if self.stop.is_set():
-                return False
-            self.ring_dropped += 1  # live: every slot is being read, drop the new frame
-            return True
-        slot, dropped_seq = got
-        if dropped_seq >= 0:
-            self.ring_dropped += 1
-        ring.write(slot, self.seq, frame.frame_rgb)
-        notice = FrameNotice(self.stream_id, slot, self.seq, index, frame.pts_s, frame.t_capture_ns,
-                             frame.t_decode_ns, self.dropped)
-        self.notices[slot] = notice
-        self.notify(notice)
-        self.outstanding = (slot, self.seq)
-        self.seq += 1
-        return True
-
-    def _taken(self) -> bool:
-        """Has the worker taken (claimed, released or lost) the last frame we told it about?"""
-        if self.outstanding is None or self.ring is None:
-            return True
-        slot, seq = self.outstanding
-        if self.ring.taken(slot, seq):
-            self.outstanding = None
-            self.pacer.taken(time.monotonic())
-            return True
-        return False
+        return self.writer.write(frame, index)
 
     # ------------------------------------------------------------------ reading
 
-    def _open_reader(self) -> _Reader:
+    def _open_reader(self) -> Reader:
         src, live = self.src, self.policy == "live"
         read_timeout = src.stall_timeout_s if self.live_source else None
 
@@ -382,7 +122,7 @@ class _Producer:
                 return (f for f in frames if f.index >= self.resume_from)
             return frames
 
-        return _Reader(frames, live=live, depth=2, name=f"read-{self.stream_id}")
+        return Reader(frames, live=live, depth=2, name=f"read-{self.stream_id}")
 
     def _start_frame(self) -> int:
         """A file's first frame: ``start_frame``, or after a restart the first one (of every ``every``-th)
@@ -391,11 +131,6 @@ class _Producer:
         if source_kind(self.uri) == "file" and self.resume_from > start:  # the demo is a file too
             start += -(-(self.resume_from - start) // every) * every
         return start
-
-    @property
-    def written(self) -> int:
-        """Frames this producer wrote into its rings."""
-        return self.seq - (self.attempt << 32)
 
     def _close_reader(self) -> None:
         reader, self.reader = self.reader, None
@@ -407,7 +142,7 @@ class _Producer:
         self.captured = max(self.captured, self.base + reader.read)
         self.handoff_dropped += reader.dropped
 
-    def _pump(self, reader: _Reader) -> tuple[str, str]:
+    def _pump(self, reader: Reader) -> tuple[str, str]:
         """Frames of one connection into the ring until it ends ("eof"), fails ("error"), stalls ("stall")
         or the run stops ("stopped").
 
@@ -423,14 +158,14 @@ class _Producer:
         while True:
             if self.stop.is_set():
                 return "stopped", ""
-            if live and self._taken() and self.pending is not None and self.pacer.due(time.monotonic()):
+            if live and self.writer.taken() and self.pending is not None and self.pacer.due(time.monotonic()):
                 held, self.pending = self.pending, None
                 if not self._write(held):
                     return "stopped", ""
-            busy = self.pending is not None or self.outstanding is not None
+            busy = self.pending is not None or self.writer.outstanding is not None
             frame = reader.get(_PENDING_TICK_S if busy else _TICK_S)
             self._report_damage()
-            self._tick()
+            self.outbox.tick()
             if frame is None:
                 if reader.finished:
                     if self.pending is not None:  # the stream is gone: its last frame is stale
@@ -494,8 +229,8 @@ class _Producer:
             delay = min(src.reconnect_max_s, src.reconnect_initial_s * 2.0 ** (failures - 1))
             self.status("reconnecting", f"attempt {failures} in {delay:.1f} s ({detail})")
             until = time.monotonic() + delay
-            while not self.stop.wait(max(0.0, min(_BEAT_S, until - time.monotonic()))):
-                self._tick()
+            while not self.stop.wait(max(0.0, min(_WAIT_TICK_S, until - time.monotonic()))):
+                self.outbox.tick()
                 if time.monotonic() >= until:
                     break
             if self.stop.is_set():
@@ -527,23 +262,15 @@ class _Producer:
             self._report_damage()
             if reason == "error" and self.state not in ("error", "offline", "stalled"):
                 self.status("error", detail)
-            stopping = self.stop.is_set()
-            if stopping:  # the worker is stopping too: nothing it has not taken yet will be read
-                self.frames_out.setsockopt(zmq.LINGER, 0)
-            self.end_notice = EndNotice(self.stream_id, self.written, reason, detail)
-            self.notify(self.end_notice)
-            self.event("producer_end", frames=self.written, captured=self.captured, dropped=self.dropped,
+            self.end_notice = EndNotice(self.stream_id, self.writer.written, reason, detail)
+            self.outbox.notify(self.end_notice)
+            self.event("producer_end", frames=self.writer.written, captured=self.captured, dropped=self.dropped,
                        reason=reason, detail=detail, damaged=self.damaged)
-            if self.ring is not None:
-                self._retire(self.ring)
-            self.frames_out.close()
-            self.events_out.close()
-            self.ctx.term()
+            self.writer.close()
+            self.outbox.close(stopping=self.stop.is_set())
 
     def stuck(self) -> bool:
         return any(r.thread.is_alive() for r in self.stragglers)
-
-
 
 
 def producer_main(src: SourceConfig, uri: str, run: RunContext, stop: Event, log_level: int = logging.WARNING,
