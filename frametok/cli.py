@@ -193,7 +193,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     from .viewer import ViewerServer
 
     with ViewerServer(args.endpoint, host=args.host, port=args.port, streams=args.stream or None) as viewer:
-        print(f"frametok view: {viewer.url} shows {args.endpoint} (Ctrl-C to stop)", flush=True)
+        print(f"frametok view: {viewer.url} shows {', '.join(args.endpoint)} (Ctrl-C to stop)", flush=True)
         viewer.wait()
     return EXIT_OK
 
@@ -410,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     subp = sub.add_parser("subscribe", help="print the packets of a publisher")
-    subp.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5555")
+    subp.add_argument("endpoint", nargs="+", help="e.g. tcp://127.0.0.1:5555; several: one stream set from many "
+                      "publishers (stream ids unique across them)")
     subp.add_argument("--stream", action="append", metavar="ID", help="only these streams (repeatable)")
     subp.add_argument("--json", action="store_true", help="one JSON object per message")
     subp.add_argument("--count", type=int, default=0, metavar="N", help="exit after N frame packets")
@@ -424,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     subp.set_defaults(func=cmd_subscribe)
 
     view = sub.add_parser("view", help="a live web page of a publisher's streams (frames, boxes, charts)")
-    view.add_argument("endpoint", help="the publisher's live endpoint, e.g. tcp://127.0.0.1:5555")
+    view.add_argument("endpoint", nargs="+", help="the publisher's live endpoint, e.g. tcp://127.0.0.1:5555 "
+                      "(several: every stream of each)")
     view.add_argument("--host", default="127.0.0.1", help="address of the web page (default: this machine only)")
     view.add_argument("--port", type=int, default=8765, help="port of the web page (0: any free port)")
     view.add_argument("--stream", action="append", metavar="ID", help="only these streams (repeatable)")
@@ -476,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     idx.set_defaults(func=cmd_index)
 
     rec = sub.add_parser("record", help="write a publisher's token stream into an index")
-    rec.add_argument("endpoint", help="a publisher's endpoint (its lossless endpoint with --lossless)")
+    rec.add_argument("endpoint", nargs="+",
+                     help="a publisher's endpoint (its lossless endpoint with --lossless); several: each one's streams")
     rec.add_argument("--db", required=True, metavar="DIR")
     rec.add_argument("--stream", action="append", metavar="ID", help="only these streams (repeatable)")
     rec.add_argument("--lossless", action="store_true", help="ENDPOINT is a lossless endpoint")

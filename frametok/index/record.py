@@ -27,11 +27,13 @@ class RecordReport:
         return f"frametok record: {sum(self.frames.values())} frames ({parts})"
 
 
-def record(endpoint: str, db: str | Path, *, streams: Sequence[str] | None = None, lossless: bool = False,
-           count: int = 0, timeout_s: float | None = None, batch_rows: int = 64) -> RecordReport:
+def record(endpoint: str | Sequence[str], db: str | Path, *, streams: Sequence[str] | None = None,
+           lossless: bool = False, count: int = 0, timeout_s: float | None = None,
+           batch_rows: int = 64) -> RecordReport:
     """Record until every stream ended, ``count`` frames, ``timeout_s`` of silence, or Ctrl-C.
 
-    Each recorded stream is one ``video`` (named ``ENDPOINT#STREAM``, keyed by its start time); its tracks
+    ``endpoint``: one publisher or several (stream ids unique across them). Each recorded stream is one
+    ``video`` (named ``ENDPOINT#STREAM`` after the publisher it came from, keyed by its start time); its tracks
     are written when it ends (without crop embeddings: a stream carries no pixels).
     """
     from ..sdk.subscriber import Subscriber
@@ -47,7 +49,8 @@ def record(endpoint: str, db: str | Path, *, streams: Sequence[str] | None = Non
             info = infos.get(sid)
             started = time.time_ns()
             bases[sid] = {
-                "video_id": f"rec-{sid}-{started}", "video": f"{endpoint}#{sid}", "stream": sid, "size_bytes": 0,
+                "video_id": f"rec-{sid}-{started}", "video": f"{sub.endpoint_of(sid)}#{sid}", "stream": sid,
+                "size_bytes": 0,
                 "mtime_ns": started, "fps": None, "every": 1, "width": 0, "height": 0, "frames": 0,
                 "class_names": json.dumps(info.class_names() if info else []),
                 "models": json.dumps(dict(info.models) if info else {}), "encoder": "",

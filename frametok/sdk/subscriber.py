@@ -3,6 +3,8 @@
 Two delivery modes: ``live`` (SUB socket on the publisher's ``endpoint``: a slow subscriber loses
 messages, counted as gaps, and never slows the pipeline) and ``lossless`` (DEALER socket on its
 ``lossless_endpoint``: credit-based flow control, a slow subscriber slows the pipeline instead).
+A subscriber may read several publishers at once (say one ``frametok run`` per host): a connection
+each, taken in turn; a stream id announced by two of them is an error naming both.
 
 >>> with Subscriber("tcp://127.0.0.1:5555", streams=["cam0"]) as sub:   # doctest: +SKIP
 ...     for msg in sub:
@@ -15,24 +17,22 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import zmq
 
-from ..errors import ProtocolError
+from ..errors import ConfigError, ProtocolError
 from ..grid import GridDecompressor
-from ..keys import client_curve
 from ..packet import (
     Message,
     StreamInfo,
     TokenPacket,
     decode,
-    topic_for,
 )
-from .lossless import CreditClient
+from .links import Link
 from .sequence import GapReport, SequenceTracker
 
 __all__ = ["GapReport", "Subscriber"]
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 class Subscriber:
     """Yields decoded messages and counts what went wrong instead of hiding it.
 
+    ``endpoint``: a publisher endpoint, or a list of them (streams are unique across publishers).
     ``streams``: stream ids to receive (None: all). ``mode``: ``live`` or ``lossless`` (then
     ``endpoint`` is the publisher's lossless endpoint and ``credit`` the number of messages it may
     send ahead). ``strict``: raise :class:`ProtocolError` on a malformed message instead of logging,
@@ -53,7 +54,7 @@ class Subscriber:
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         streams: Iterable[str] | None = None,
         *,
         mode: Literal["live", "lossless"] = "live",
@@ -71,7 +72,12 @@ class Subscriber:
             raise ValueError(f"mode: expected 'live' or 'lossless', got {mode!r}")
         if credit < 1:
             raise ValueError(f"credit: expected >= 1, got {credit}")
-        self.endpoint = endpoint
+        self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        if not self.endpoints:
+            raise ValueError("endpoint: expected at least one publisher endpoint")
+        if len(set(self.endpoints)) != len(self.endpoints):
+            raise ValueError(f"endpoint: {self.endpoints} names an endpoint twice")
+        self.endpoint = self.endpoints[0]
         self.mode = mode
         self.strict = strict
         self.timeout_s = timeout_s
@@ -90,24 +96,30 @@ class Subscriber:
         self._pending: deque[Message] = deque()  # taken from the socket already, in the order to yield
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
-        topics = [b""] if self.streams is None else [topic_for(s) for s in self.streams]
-        self.socket = self._ctx.socket(zmq.SUB if mode == "live" else zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0 if mode == "live" else 1000)
-        if curve_secret_key is not None or curve_server_key is not None:
-            if curve_secret_key is None or curve_server_key is None:
-                raise ValueError("CURVE needs both curve_secret_key and curve_server_key")
-            client_curve(self.socket, curve_secret_key, curve_server_key)
-        if mode == "live":
-            self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
-            for topic in topics:
-                self.socket.setsockopt(zmq.SUBSCRIBE, topic)
-        else:
-            self.socket.setsockopt(zmq.RCVHWM, 0)  # bounded by the credit window
-        self.socket.connect(endpoint)
-        self._credit: CreditClient | None = None
-        if mode == "lossless":
-            self._credit = CreditClient(self.socket, self.streams, credit, heartbeat_s)
-            self._credit.hello()
+        self._links: list[Link] = []
+        try:
+            for ep in self.endpoints:
+                self._links.append(Link(self._ctx, ep, mode, self.streams, rcvhwm=rcvhwm, credit=credit,
+                                        heartbeat_s=heartbeat_s, curve_secret_key=curve_secret_key,
+                                        curve_server_key=curve_server_key))
+        except BaseException:
+            self.close()
+            raise
+        self._owner: dict[str, Link] = {}  # stream id -> the connection it arrives on
+        self._next = 0  # the connection to look at first (taken in turn)
+        self._poller = zmq.Poller()
+        for link in self._links:
+            self._poller.register(link.socket, zmq.POLLIN)
+
+    def endpoint_of(self, stream_id: str) -> str | None:
+        """The endpoint of the publisher ``stream_id`` arrives from (None: not seen yet)."""
+        link = self._owner.get(stream_id)
+        return link.endpoint if link is not None else None
+
+    @property
+    def socket(self) -> zmq.Socket[Any]:
+        """The socket of the first endpoint."""
+        return self._links[0].socket
 
     # ------------------------------------------------------------------ state
 
@@ -145,36 +157,34 @@ class Subscriber:
         if now - self._key_asked.get(stream_id, -every_s) < every_s:
             return
         self._key_asked[stream_id] = now
-        if self._credit is not None:
-            self._credit.ask_keyframe(stream_id)
-        else:
-            # A subscription reaches the publisher's XPUB (which then sends a keyframe) even when it
-            # repeats one we hold; removing it again leaves what we receive as it was.
-            topic = topic_for(stream_id)
-            self.socket.setsockopt(zmq.SUBSCRIBE, topic)
-            self.socket.setsockopt(zmq.UNSUBSCRIBE, topic)
+        owner = self._owner.get(stream_id)
+        for link in [owner] if owner is not None else self._links:
+            link.ask_keyframe(stream_id)
 
     # ------------------------------------------------------------------ receiving
 
     def _poll(self, timeout_ms: int | None) -> bool:
-        if self._credit is None:
-            return bool(self.socket.poll(timeout_ms))
+        """Wait for a message on any connection; lossless ones return credit and say hello meanwhile."""
+        lossless = [link.credit for link in self._links if link.credit is not None]
+        if not lossless:
+            return bool(self._poller.poll(timeout_ms))
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         while True:
             step = int(self.heartbeat_s * 1000)
             if deadline is not None:
                 step = max(0, min(step, int((deadline - time.monotonic()) * 1000)))
-            if self.socket.poll(step):
+            if self._poller.poll(step):
                 return True
-            self._credit.idle()
+            for credit in lossless:
+                credit.idle()
             if deadline is not None and time.monotonic() >= deadline:
                 return False
 
-    def _decode(self, parts: Any) -> Message | None:
-        if self._credit is not None:
-            self._credit.consumed()
+    def _decode(self, link: Link, parts: Any) -> Message | None:
+        if link.credit is not None:
+            link.credit.consumed()
         try:
-            return decode(parts)
+            msg = decode(parts)
         except Exception as exc:  # ProtocolError; anything else is a decoder bug, still not fatal
             self.malformed += 1
             if self.strict:
@@ -183,19 +193,20 @@ class Subscriber:
                 raise ProtocolError(f"undecodable message: {type(exc).__name__}: {exc}") from exc
             log.warning("skipping malformed message (%d so far): %s", self.malformed, exc)
             return None
+        owner = self._owner.setdefault(msg.stream_id, link)
+        if owner is not link:
+            raise ConfigError(f"stream {msg.stream_id!r} is published by both {owner.endpoint} and "
+                              f"{link.endpoint}: stream ids must be unique across the publishers read together")
+        return msg
 
-    def _reorder(self, first_new: Message) -> Message:
+    def _reorder(self, link: Link, first_new: Message) -> Message:
         """The publisher restarted (a new worker numbers from 0 again): messages of the dead one that were
         already here may still be queued on its connection, and the socket takes turns between
         connections. Everything queued now is taken, and the dead publisher's messages (continuing its
         sequence) go first, so that its last frames keep their order and their grids."""
         drained = [first_new]
-        while True:
-            try:
-                parts = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            msg = self._decode(parts)
+        while (parts := link.recv_nowait()) is not None:
+            msg = self._decode(link, parts)
             if msg is not None:
                 drained.append(msg)
         old_next = {sid: seq + 1 for sid, seq in self._seq.last_seq.items()}
@@ -210,6 +221,17 @@ class Subscriber:
         self._pending.extend(old + new)
         return self._pending.popleft()
 
+    def _take(self) -> tuple[Link, Any] | None:
+        """A message waiting on some connection (in turn), without waiting."""
+        n = len(self._links)
+        for i in range(n):
+            link = self._links[(self._next + i) % n]
+            parts = link.recv_nowait()
+            if parts is not None:
+                self._next = (self._next + i + 1) % n
+                return link, parts
+        return None
+
     def recv(self, timeout_s: float | None = None) -> Message | None:
         """The next valid message, or None after ``timeout_s`` without one (None: wait forever)."""
         timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000))
@@ -217,17 +239,17 @@ class Subscriber:
             if self._pending:
                 msg: Message | None = self._pending.popleft()
             else:
-                try:  # a message already waiting needs no poll (the common case under load)
-                    parts = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                except zmq.Again:
+                taken = self._take()  # a message already waiting needs no poll (the common case under load)
+                if taken is None:
                     if not self._poll(timeout_ms):
                         return None
                     continue
-                msg = self._decode(parts)
+                link, parts = taken
+                msg = self._decode(link, parts)
                 if msg is None:
                     continue
                 if self._seq.restarted(msg):
-                    msg = self._reorder(msg)
+                    msg = self._reorder(link, msg)
             assert msg is not None
             self.received += 1
             if not self._seq.track(msg):
@@ -238,8 +260,14 @@ class Subscriber:
                 msg = self._rebuild(msg)
             return msg
 
+    def _all_ended(self) -> bool:
+        """Every stream wanted (or seen, and at least one from each publisher) has ended."""
+        if self.streams is None and len(set(self._owner.values())) < len(self._links):
+            return False
+        return self._seq.all_ended(self.streams)
+
     def __iter__(self) -> Iterator[Message]:
-        while not (self.until_eos and self._seq.all_ended(self.streams)):
+        while not (self.until_eos and self._all_ended()):
             msg = self.recv(self.timeout_s)
             if msg is None:
                 return
@@ -252,10 +280,8 @@ class Subscriber:
                 yield msg
 
     def close(self) -> None:
-        if self._credit is not None:
-            self._credit.grant()
-            self._credit.bye()
-        self.socket.close()
+        for link in getattr(self, "_links", []):
+            link.close()
         if self._own_ctx:
             self._ctx.term()
 

@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -103,24 +103,26 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class ViewerServer:
-    """Subscribes to ``endpoint`` and serves the page on ``host:port`` (port 0: any free port)."""
+    """Subscribes to ``endpoint`` (one publisher or several) and serves the page on ``host:port`` (port 0:
+    any free port)."""
 
-    def __init__(self, endpoint: str, host: str = "127.0.0.1", port: int = 8765,
+    def __init__(self, endpoint: str | Sequence[str], host: str = "127.0.0.1", port: int = 8765,
                  streams: Iterable[str] | None = None) -> None:
-        self.endpoint = endpoint
+        endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        self.endpoint = ", ".join(endpoints)
         self.board = Board()
         try:
-            self.httpd = _HTTPServer((host, port), self.board, endpoint)
+            self.httpd = _HTTPServer((host, port), self.board, self.endpoint)
         except OSError as exc:
             raise PipelineError(f"view: cannot serve on {host}:{port}: {exc.strerror or exc} (port in use? --port)"
                                 ) from exc
         self.host, self.port = host, int(self.httpd.server_address[1])
         self._stop = threading.Event()
         try:
-            self._subscriber = Subscriber(endpoint, streams=streams, until_eos=False)
+            self._subscriber = Subscriber(endpoints, streams=streams, until_eos=False)
         except (zmq.ZMQError, ValueError) as exc:
             self.httpd.server_close()
-            raise ConfigError(f"view: cannot subscribe to {endpoint!r}: {exc} (expected tcp://HOST:PORT or "
+            raise ConfigError(f"view: cannot subscribe to {self.endpoint!r}: {exc} (expected tcp://HOST:PORT or "
                               "ipc://PATH)") from exc
         self._threads = [threading.Thread(target=self._subscribe, name="frametok-view-sub", daemon=True),
                          threading.Thread(target=self.httpd.serve_forever, name="frametok-view-http", daemon=True)]
