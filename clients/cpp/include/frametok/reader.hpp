@@ -896,7 +896,7 @@ public:
     template <class Parts>
     Event read(const Parts& parts) {
         Message m = decode(parts);
-        const std::string& stream = stream_of(m);
+        const std::string stream = stream_of(m);  // a copy: m moves into the event
         auto step = seqs_.observe(stream, seq_of(m));
         Event ev{std::move(m), nullptr, false, step.missed, step.restarted};
         streams_.insert(stream);
