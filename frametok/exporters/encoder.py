@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
 import stat
@@ -24,6 +23,7 @@ from ..errors import ExportError, FrametokError, ModelError
 from ..models.describe import describe_encoder_onnx
 from ..models.manifest import EncoderManifest, WeightsSource, write_manifest
 from ..models.session import ModelFiles, create_session, locate_model
+from ._common import remove_quietly
 from ._deps import package_versions, require_modules
 
 __all__ = ["describe_encoder", "export_timm_encoder"]
@@ -56,16 +56,10 @@ def _rgb_triple(values: Sequence[float], field: str, where: str) -> tuple[float,
     return triple[0], triple[1], triple[2]
 
 
-def _remove_quietly(*paths: Path) -> None:
-    for path in paths:
-        with contextlib.suppress(OSError):
-            path.unlink(missing_ok=True)
-
-
 def _copy_writable(source: Path, target: Path) -> None:
     """``shutil.copy2``, replacing an older ``target``; the copy is writable by its owner even when the
     source was read-only (so a later describe can replace it)."""
-    _remove_quietly(target)
+    remove_quietly(target)
     shutil.copy2(source, target)
     target.chmod(target.stat().st_mode | stat.S_IWUSR)
 
@@ -81,7 +75,7 @@ def _publish(onnx_tmp: Path, manifest: EncoderManifest, out_dir: Path, name: str
         shutil.move(str(onnx_tmp), onnx_out)
         write_manifest(manifest, manifest_out)
     except OSError as exc:
-        _remove_quietly(onnx_out, manifest_out)
+        remove_quietly(onnx_out, manifest_out)
         raise ExportError(f"cannot write the exported model {onnx_out} and {manifest_out.name}: {exc}") from exc
     return locate_model(manifest_out)
 
@@ -357,6 +351,6 @@ def describe_encoder(
             copied = True
         write_manifest(manifest, manifest_out)
     except OSError as exc:
-        _remove_quietly(manifest_out, *([target] if copied else []))
+        remove_quietly(manifest_out, *([target] if copied else []))
         raise ModelError(f"cannot write the manifest for {source} to {target_dir}: {exc}") from exc
     return locate_model(manifest_out)

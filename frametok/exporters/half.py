@@ -26,8 +26,6 @@ an overflow on a GPU) and records the graph, its sha256 and those figures in the
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
 import importlib.util
 import os
 import tempfile
@@ -36,7 +34,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -46,6 +43,7 @@ from ..models.encoder import Encoder
 from ..models.manifest import DetectorManifest, EncoderManifest, Fp16Variant, file_sha256, write_manifest
 from ..models.session import ModelFiles, locate_model
 from ..packet import Detections
+from ._common import PARITY_THREADS, box_iou, cpu_session, read_rgb, remove_quietly
 from ._deps import package_versions, require_modules
 
 __all__ = [
@@ -67,7 +65,6 @@ DET_MAX_SCORE_DIFF = 0.02  # ... scores at most this far apart
 ENC_MIN_COSINE = 0.99  # every token of every sample image
 FP16_MAX = 65504.0
 HEADROOM = 0.5  # the fp32 graph's activations on the samples must stay below this share of FP16_MAX
-PARITY_THREADS = 2
 
 
 def fp16_path_for(onnx_path: str | Path) -> Path:
@@ -170,25 +167,6 @@ def default_samples() -> list[Path]:
     )
 
 
-def _read_rgb(path: Path) -> NDArray[np.uint8]:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ExportError(f"sample image {path} is missing or not a readable image")
-    return np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), np.uint8)
-
-
-def _cpu_session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = PARITY_THREADS
-    options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime's own untyped errors
-        raise ExportError(f"onnxruntime (CPU) cannot load the fp16 graph {path}: {exc}") from exc
-
-
 def activation_peak(fp32: Path, input_name: str, batches: Sequence[NDArray[np.float32]]) -> tuple[float, str]:
     """The largest ``|value|`` of any float tensor the fp32 graph computes on ``batches``, and its name.
 
@@ -245,8 +223,6 @@ def _compare(a: Detections, b: Detections, b_raw: NDArray[np.float32], info: Let
              names: tuple[str, str], image: str) -> tuple[list[str], list[float], list[float], int]:
     """Detections of ``a`` scoring ``>= floor`` that ``b`` does not reproduce; the IoUs and score gaps of the
     twins found; and how many ``a`` detections had no twin only through a near tie in ``b``."""
-    from .yolo import box_iou
-
     problems, ious, gaps, ties = [], [], [], 0
     iou = box_iou(a.xyxy, b.xyxy)
     b_anchors: NDArray[np.float32] | None = None
@@ -287,7 +263,7 @@ def detector_parity(manifest: DetectorManifest, fp32: Path, fp16: Path, images: 
     (counted as ``near_ties``); so is one whose box NMS dropped in the other graph for
     overlapping a stronger one by about its IoU threshold.
     """
-    det32, det16 = Detector(manifest, _cpu_session(fp32)), Detector(manifest, _cpu_session(fp16))
+    det32, det16 = Detector(manifest, cpu_session(fp32)), Detector(manifest, cpu_session(fp16, "fp16 graph"))
     floor = det32.conf_threshold + DET_MAX_SCORE_DIFF
     problems: list[str] = []
     ious: list[float] = []
@@ -297,7 +273,7 @@ def detector_parity(manifest: DetectorManifest, fp32: Path, fp16: Path, images: 
     raw_diff = 0.0
     batches = []
     for path in images:
-        frame = _read_rgb(path)
+        frame = read_rgb(path)
         h, w = det32.input_hw
         batch = np.empty((1, 3, h, w), np.float32)
         info = det32.preprocess(frame, batch[0])
@@ -333,10 +309,10 @@ def detector_parity(manifest: DetectorManifest, fp32: Path, fp16: Path, images: 
 
 def encoder_parity(manifest: EncoderManifest, fp32: Path, fp16: Path, images: Sequence[Path]) -> dict[str, Any]:
     """Run both graphs on ``images`` (CPU) and compare every token; raise ExportError below :data:`ENC_MIN_COSINE`."""
-    enc32, enc16 = Encoder(manifest, _cpu_session(fp32)), Encoder(manifest, _cpu_session(fp16))
+    enc32, enc16 = Encoder(manifest, cpu_session(fp32)), Encoder(manifest, cpu_session(fp16, "fp16 graph"))
     batch = np.empty((len(images), 3, *enc32.input_hw), np.float32)
     for i, path in enumerate(images):
-        enc32.preprocess(_read_rgb(path), batch[i])
+        enc32.preprocess(read_rgb(path), batch[i])
     a, b = enc32.infer(batch).astype(np.float64), enc16.infer(batch).astype(np.float64)
     cosine = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
     record: dict[str, Any] = {
@@ -355,12 +331,6 @@ def encoder_parity(manifest: EncoderManifest, fp32: Path, fp16: Path, images: Se
 
 
 # --------------------------------------------------------------------------- manifest
-
-
-def _remove_quietly(*paths: Path) -> None:
-    for path in paths:
-        with contextlib.suppress(OSError):
-            path.unlink(missing_ok=True)
 
 
 def add_fp16(files: ModelFiles, samples: Sequence[str | Path] | None = None) -> ModelFiles:
@@ -388,10 +358,10 @@ def add_fp16(files: ModelFiles, samples: Sequence[str | Path] | None = None) -> 
     except OSError as exc:
         raise ExportError(f"cannot write the fp16 graph {target}: {exc}") from exc
     finally:
-        _remove_quietly(staging)
+        remove_quietly(staging)
     try:
         write_manifest(man.model_copy(update={"fp16": variant}), files.manifest_path)
     except OSError as exc:
-        _remove_quietly(target)
+        remove_quietly(target)
         raise ExportError(f"cannot rewrite the manifest {files.manifest_path}: {exc}") from exc
     return locate_model(files.manifest_path)

@@ -25,6 +25,7 @@ from ..models.describe import describe_ultralytics_onnx
 from ..models.detector import Detector
 from ..models.manifest import DetectorManifest, WeightsSource, file_sha256, write_manifest
 from ..models.session import ModelFiles, create_session, locate_model
+from ._common import box_iou, remove_quietly
 from ._deps import package_versions, require_modules
 
 __all__ = ["BoxMatch", "box_iou", "export_yolo", "match_boxes"]
@@ -50,18 +51,6 @@ class _Boxes:
     xyxy: NDArray[np.float32]
     score: NDArray[np.float32]
     class_id: NDArray[np.int64]
-
-
-def box_iou(a: NDArray[np.floating[Any]], b: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
-    """Pairwise IoU of ``xyxy`` boxes: ``(len(a), len(b))``."""
-    a64, b64 = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a64[:, None, :2], b64[None, :, :2])
-    rb = np.minimum(a64[:, None, 2:], b64[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area_a = (a64[:, 2:] - a64[:, :2]).clip(0).prod(axis=1)
-    area_b = (b64[:, 2:] - b64[:, :2]).clip(0).prod(axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
 def match_boxes(
@@ -253,15 +242,9 @@ def _publish(onnx_tmp: Path, manifest: DetectorManifest, out_dir: Path, name: st
         shutil.move(str(onnx_tmp), onnx_out)
         write_manifest(manifest, manifest_out)
     except OSError as exc:
-        _remove_quietly(onnx_out, manifest_out)
+        remove_quietly(onnx_out, manifest_out)
         raise ExportError(f"cannot write the exported model {onnx_out} and {manifest_out.name}: {exc}") from exc
     return locate_model(manifest_out)
-
-
-def _remove_quietly(*paths: Path) -> None:
-    for path in paths:
-        with contextlib.suppress(OSError):
-            path.unlink(missing_ok=True)
 
 
 def export_yolo(
