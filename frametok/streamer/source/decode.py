@@ -139,6 +139,8 @@ def _av_frames(uri: str, timeout_s: float, read_timeout_s: float | None,
         try:
             for packet in container.demux(stream):
                 t_arrival = time.time_ns()
+                if damage is not None:
+                    damage.packet(packet)
                 if network and packet.pts is not None:
                     arrivals[packet.pts] = t_arrival
                     while len(arrivals) > 64:
@@ -172,15 +174,35 @@ def _av_frames(uri: str, timeout_s: float, read_timeout_s: float | None,
 class _Damage:
     """Damaged parts of a file: packets the decoder rejects are skipped (the next decodable frame goes on),
     each damaged run is reported once to ``on_damage`` when decoding resumes, and a file that ends short
-    of the frames its container announced, or in damage, ends with a :class:`SourceError`."""
+    of the frames its container announced, or in damage, ends with a :class:`SourceError`.
+
+    A file whose last packet ends where the container says the stream ends (its duration) is complete,
+    however many frames the header announced: a variable-frame-rate AVI announces one frame per tick of
+    its time base (444 for 68 frames whose pts run from 0 to 443)."""
 
     def __init__(self, uri: str, stream: Any, on_damage: Callable[[str], None] | None) -> None:
         self.uri, self.on_damage = uri, on_damage
         self.announced = int(stream.frames or 0)
+        self.duration = int(stream.duration or 0)  # the stream's end in its time base (0: unknown)
+        self.start = int(stream.start_time or 0)
+        self.last_end: int | None = None  # where the last packet read ends (pts + duration, time base)
         self.skipped = 0  # packets skipped in all
         self.run = 0  # packets skipped since the last good frame
         self.first = 0  # frame index where the current run started
         self.error = ""
+
+    def packet(self, packet: Any) -> None:
+        at = packet.pts if packet.pts is not None else packet.dts
+        if at is not None and packet.size:
+            end = int(at) + int(packet.duration or 0)
+            self.last_end = end if self.last_end is None else max(self.last_end, end)
+
+    @property
+    def complete(self) -> bool:
+        """The last packet ends where the container says the stream ends (within 1%)."""
+        if not self.duration or self.last_end is None:
+            return False
+        return self.last_end - self.start >= self.duration - max(1, self.duration // 100)
 
     def bad(self, index: int, exc: Exception) -> None:
         if not self.run:
@@ -201,7 +223,7 @@ class _Damage:
         self.run = 0
 
     def finish(self, index: int) -> None:
-        missing = self.announced - index - self.skipped if self.announced else 0
+        missing = self.announced - index - self.skipped if self.announced and not self.complete else 0
         if missing > max(1, self.announced // 100):  # more than a lost packet or two: the file was cut short
             raise SourceError(f"{redact_uri(self.uri)} is truncated: it ends after {index} frames, its container "
                               f"announces {self.announced}")

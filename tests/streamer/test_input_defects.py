@@ -1,0 +1,68 @@
+"""Inputs as they come (issue 14): files the tests make themselves with PyAV, each a defect an independent
+subscriber found: a complete variable-frame-rate AVI, packed B-frames, concealed damage, damaged images."""
+
+from __future__ import annotations
+
+import fractions
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from frametok.errors import SourceError
+from frametok.streamer.source.decode import decode_frames
+
+_W, _H = 160, 120
+
+
+def picture(i: int) -> NDArray[np.uint8]:
+    """A gradient with a bright square that moves with ``i``."""
+    img = np.zeros((_H, _W, 3), np.uint8)
+    img[..., 0] = np.linspace(0, 255, _W, dtype=np.uint8)[None, :]
+    img[..., 2] = np.linspace(0, 255, _H, dtype=np.uint8)[:, None]
+    x = (i * 3) % (_W - 30)
+    img[40:70, x : x + 30] = 255
+    return img
+
+
+def vfr_avi(path: Path, codec: str = "mjpeg") -> Path:
+    """68 frames whose pts run from 0 to 443 in 1/15 s ticks: the AVI header announces 444 frames."""
+    ticks = sorted({0, 443, *np.linspace(0, 443, 68).astype(int).tolist()})
+    assert len(ticks) == 68
+    tb = fractions.Fraction(1, 15)
+    with av.open(str(path), "w", format="avi") as out:
+        stream = out.add_stream(codec, rate=15)
+        stream.width, stream.height = _W, _H
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        stream.codec_context.time_base = tb
+        for i, pts in enumerate(ticks):
+            frame = av.VideoFrame.from_ndarray(picture(i), format="rgb24")
+            frame.pts, frame.time_base = pts, tb
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("codec", ["mjpeg", "mpeg4"])
+def test_complete_vfr_avi_is_not_truncated(tmp_path: Path, codec: str) -> None:
+    """Defect 1: it ended with "is truncated: it ends after 68 frames, its container announces 444"."""
+    path = vfr_avi(tmp_path / f"vfr_{codec}.avi", codec)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].frames == 444  # what the header announces
+    reports: list[str] = []
+    frames = list(decode_frames(str(path), on_damage=reports.append))
+    assert len(frames) == 68 and not reports
+    pts = [f.pts_s for f in frames]
+    assert pts[0] == 0.0 and pts[-1] == pytest.approx(443 / 15)
+
+
+def test_cut_vfr_avi_is_still_truncated(tmp_path: Path) -> None:
+    path = vfr_avi(tmp_path / "vfr.avi")
+    cut = tmp_path / "cut.avi"
+    data = path.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SourceError, match="truncated"):
+        for _ in decode_frames(str(cut)):
+            pass
