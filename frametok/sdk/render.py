@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..packet import EndOfStream, Message, StatusMessage, StreamInfo, TokenPacket
@@ -15,6 +15,18 @@ __all__ = ["message_dict", "message_json", "message_line"]
 
 def _name(names: Sequence[str], class_id: int) -> str:
     return names[class_id] if 0 <= class_id < len(names) else str(class_id)
+
+
+def _model_name(model: Any) -> str:
+    """What an info message's model entry is called: its ``name``, else its ``kind`` (the tracker's
+    entry has a kind, ``bytetrack``, and no name)."""
+    if not isinstance(model, Mapping):
+        return "?"
+    for key in ("name", "kind"):
+        value = model.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return "?"
 
 
 def _latency_ms(packet: TokenPacket) -> float | None:
@@ -51,7 +63,7 @@ def message_line(msg: Message, class_names: Sequence[str] = ()) -> str:
     if isinstance(msg, EndOfStream):
         tail = f": {msg.detail}" if msg.detail else ""
         return f"{msg.stream_id} end of stream ({msg.reason}) after {msg.frames} frames{tail}"
-    models = ", ".join(f"{role} {m.get('name', '?')}" for role, m in msg.models.items())
+    models = ", ".join(f"{role} {_model_name(m)}" for role, m in msg.models.items())
     return f"{msg.stream_id} info: policy {msg.policy}; models: {models or 'none'}"
 
 
