@@ -215,10 +215,11 @@ class WorkerConfig(_Frozen):
         "alone on its cores, slower beside decoding and pre-/post-processing (2 CPU cores, 4 streams: 11.4 vs "
         "13.3 frames/s)",
     )
-    precision: Literal["auto", "fp32", "fp16"] = Field(
+    precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
         "auto",
-        description="auto: a model's fp16 graph (manifest 'fp16', from `export --half`) on CUDA/TensorRT, fp32 "
-        "otherwise; fp16: the fp16 graphs on any provider (refused for a model without one); fp32: always fp32",
+        description="auto: a model's fp16 graph (manifest 'fp16', from `export --half`) on CUDA/TensorRT, its "
+        "parity-checked int8 graph (manifest 'int8', from `export --int8`) on the CPU provider, fp32 otherwise; "
+        "fp16 / int8: those graphs on any provider (refused for a model without one); fp32: always fp32",
     )
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "DetectorManifest",
     "EncoderManifest",
     "Fp16Variant",
+    "Int8Variant",
     "Letterbox",
     "Manifest",
     "WeightsSource",
@@ -66,6 +67,27 @@ class Fp16Variant(_Frozen):
     parity: dict[str, Any] | None = None
 
 
+class Int8Variant(_Frozen):
+    """An int8-quantised copy of the graph (onnxruntime quantisation; input and output stay float32).
+
+    Made by ``frametok export ... --int8`` and written only once it passed its parity gate against the
+    fp32 graph on frames not used for calibration (``parity``: the figures, the gate, ``passed``); the
+    runtime runs it on the CPU provider (``precision: auto``) or when asked (``int8``).
+    """
+
+    onnx_file: str = Field(min_length=1, description="path of the int8 .onnx, relative to the manifest's folder")
+    onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    quantizer: dict[str, str] = Field(default_factory=dict, description="how it was made (method, versions)")
+    calibration_frames: int = Field(ge=0, description="frames the activation ranges were calibrated on")
+    heldout_frames: int = Field(ge=1, description="other frames the parity gate was checked on")
+    parity: dict[str, Any]
+
+    @property
+    def parity_checked(self) -> bool:
+        """Whether the graph passed its parity gate (the exporter records ``passed: true`` only then)."""
+        return self.parity.get("passed") is True
+
+
 class _ManifestBase(_Frozen):
     schema_version: int = MANIFEST_SCHEMA_VERSION
     name: str = Field(min_length=1)
@@ -84,6 +106,7 @@ class _ManifestBase(_Frozen):
     exporter: dict[str, str] = Field(default_factory=dict)
     parity: dict[str, Any] | None = None
     fp16: Fp16Variant | None = None
+    int8: Int8Variant | None = None
 
     @field_validator("schema_version")
     @classmethod

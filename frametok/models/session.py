@@ -54,6 +54,15 @@ class ModelFiles:
         folder = self.manifest_path.parent if self.manifest_path is not None else self.onnx_path.parent
         return (folder / variant.onnx_file).resolve()
 
+    @property
+    def int8_onnx_path(self) -> Path | None:
+        """The manifest's int8 graph (``int8.onnx_file``), if it names one."""
+        variant = self.manifest.int8
+        if variant is None:
+            return None
+        folder = self.manifest_path.parent if self.manifest_path is not None else self.onnx_path.parent
+        return (folder / variant.onnx_file).resolve()
+
 
 def locate_model(path: str | Path) -> ModelFiles:
     """Find a model from its ``.onnx`` (manifest beside it) or from its manifest ``.json``."""
@@ -93,42 +102,68 @@ def resolve_providers(wanted: Sequence[str]) -> list[str]:
     return chosen
 
 
-Precision = Literal["auto", "fp32", "fp16"]
+Precision = Literal["auto", "fp32", "fp16", "int8"]
 _GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
 _PRECISION: WeakKeyDictionary[Any, str] = WeakKeyDictionary()  # session -> the graph's precision
+_EXPORT_FLAG = {"fp16": "--half", "int8": "--int8 --calibrate VIDEO"}
+
+
+def _variant(files: ModelFiles, precision: str) -> tuple[Any, Path | None]:
+    """The manifest's fp16 or int8 entry and the path of its graph (``(None, None)`` when it has none)."""
+    if precision == "fp16":
+        return files.manifest.fp16, files.fp16_onnx_path
+    if precision == "int8":
+        return files.manifest.int8, files.int8_onnx_path
+    return None, None
+
+
+def _int8_ready(files: ModelFiles) -> bool:
+    """A parity-checked int8 graph that exists: what ``auto`` takes on the CPU provider."""
+    variant, path = files.manifest.int8, files.int8_onnx_path
+    return variant is not None and variant.parity_checked and path is not None and path.exists()
 
 
 def check_precision(files: ModelFiles, precision: Precision) -> None:
-    """Refuse ``precision="fp16"`` for a model whose manifest has no fp16 graph (or whose file is missing)."""
-    if precision != "fp16":
+    """Refuse ``precision="fp16"`` or ``"int8"`` for a model whose manifest has no such graph (or whose file is
+    missing; an int8 graph also needs its passed parity gate in the manifest). ``auto`` and ``fp32`` always pass."""
+    if precision not in ("fp16", "int8"):
         return
     man, where = files.manifest, files.manifest_path or "<in memory>"
-    fp16 = files.fp16_onnx_path
-    if man.fp16 is None or fp16 is None:
+    variant, path = _variant(files, precision)
+    if variant is None or path is None:
         raise ModelError(
-            f"precision fp16: {man.kind} {man.name!r} has no fp16 graph (manifest {where} has no 'fp16' entry); "
-            f"make one with `frametok export {'yolo' if man.kind == 'detector' else 'encoder'} "
-            f"{files.onnx_path} --half --out DIR`, or run with --precision auto or fp32"
+            f"precision {precision}: {man.kind} {man.name!r} has no {precision} graph (manifest {where} has no "
+            f"'{precision}' entry); make one with `frametok export {'yolo' if man.kind == 'detector' else 'encoder'} "
+            f"{files.onnx_path} {_EXPORT_FLAG[precision]} --out DIR`, or run with --precision auto or fp32"
         )
-    if not fp16.exists():
-        raise ModelError(f"precision fp16: manifest {where} names {man.fp16.onnx_file}, which does not exist ({fp16})")
+    if not path.exists():
+        raise ModelError(f"precision {precision}: manifest {where} names {variant.onnx_file}, which does not exist "
+                         f"({path})")
+    if precision == "int8" and not variant.parity_checked:
+        raise ModelError(f"precision int8: the int8 graph of {man.kind} {man.name!r} (manifest {where}) has not "
+                         "passed its parity gate; export it again with --int8")
 
 
-def choose_precision(files: ModelFiles, precision: Precision, providers: Sequence[str]) -> Literal["fp32", "fp16"]:
-    """The graph to run: ``auto`` takes the fp16 graph when there is one and the first of ``providers``
-    (resolved onnxruntime names) is CUDA or TensorRT; ``fp16`` always (see :func:`check_precision`)."""
-    if precision == "fp16":
+def choose_precision(files: ModelFiles, precision: Precision,
+                     providers: Sequence[str]) -> Literal["fp32", "fp16", "int8"]:
+    """The graph to run. ``auto``: the fp16 graph when there is one and the first of ``providers`` (resolved
+    onnxruntime names) is CUDA or TensorRT; a parity-checked int8 graph when the first is the CPU provider;
+    fp32 otherwise. ``fp16`` and ``int8`` always (see :func:`check_precision`); ``fp32`` always fp32."""
+    if precision in ("fp16", "int8"):
         check_precision(files, precision)
-        return "fp16"
-    if precision == "auto" and providers and providers[0] in _GPU_PROVIDERS:
-        fp16 = files.fp16_onnx_path
-        if fp16 is not None and fp16.exists():
-            return "fp16"
+        return "fp16" if precision == "fp16" else "int8"
+    if precision == "auto" and providers:
+        if providers[0] in _GPU_PROVIDERS:
+            fp16 = files.fp16_onnx_path
+            if fp16 is not None and fp16.exists():
+                return "fp16"
+        elif providers[0] == "CPUExecutionProvider" and _int8_ready(files):
+            return "int8"
     return "fp32"
 
 
 def session_precision(session: Any) -> str:
-    """``"fp16"`` or ``"fp32"``: the graph :func:`create_session` loaded into ``session``."""
+    """``"fp32"``, ``"fp16"`` or ``"int8"``: the graph :func:`create_session` loaded into ``session``."""
     return _PRECISION.get(session, "fp32")
 
 
@@ -176,16 +211,16 @@ def create_session(
     ``threads`` is onnxruntime's intra-op thread count (0: its default, one per core); ``spin_wait``
     lets those threads spin between parallel sections (onnxruntime's default; off here, see
     ``WorkerConfig.spin_wait``).
-    ``precision`` picks the fp32 graph or the manifest's fp16 one (:func:`choose_precision`; read it
-    back with :func:`session_precision`). Logs which graph runs, and on which execution providers.
+    ``precision`` picks the fp32 graph or the manifest's fp16 or int8 one (:func:`choose_precision`; read
+    it back with :func:`session_precision`). Logs which graph runs, and on which execution providers.
     """
     import onnxruntime as ort
 
     resolved = resolve_providers(providers)
     chosen = choose_precision(files, precision, resolved)
     onnx_path, want_sha = files.onnx_path, files.manifest.onnx_sha256
-    variant, variant_path = files.manifest.fp16, files.fp16_onnx_path
-    if chosen == "fp16" and variant is not None and variant_path is not None:  # choose_precision checked both
+    variant, variant_path = _variant(files, chosen)
+    if variant is not None and variant_path is not None:  # choose_precision checked both
         onnx_path, want_sha = variant_path, variant.onnx_sha256
     if verify_sha256:
         digest = file_sha256(onnx_path)
@@ -205,9 +240,10 @@ def create_session(
     except Exception as exc:  # onnxruntime raises its own untyped errors (Fail, InvalidGraph, ...)
         raise ModelError(f"onnxruntime cannot load {onnx_path}: {exc}") from exc
     if precision == "auto" and chosen == "fp16" and session.get_providers()[0] not in _GPU_PROVIDERS:
-        log.warning("%s %s: no GPU provider took the session (%s); loading the fp32 graph instead",
-                    files.manifest.kind, files.manifest.name, ", ".join(session.get_providers()))
-        return create_session(files, providers, threads, verify_sha256, "fp32")
+        fallback: Precision = "int8" if _int8_ready(files) else "fp32"
+        log.warning("%s %s: no GPU provider took the session (%s); loading the %s graph instead",
+                    files.manifest.kind, files.manifest.name, ", ".join(session.get_providers()), fallback)
+        return create_session(files, providers, threads, verify_sha256, fallback, spin_wait)
     _check_graph(files, session)
     _PRECISION[session] = chosen
     log.info("%s %s runs its %s graph %s on %s", files.manifest.kind, files.manifest.name, chosen, onnx_path.name,
