@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -118,7 +119,11 @@ def _echo_thread(endpoint: str, as_json: bool, done: threading.Event) -> threadi
                 if msg is None:
                     continue
                 names = sub.class_names(msg.stream_id)
-                print(message_json(msg, names) if as_json else message_line(msg, names), flush=True)
+                try:
+                    print(message_json(msg, names) if as_json else message_line(msg, names), flush=True)
+                except BrokenPipeError:  # `run --echo | head`: the reader is gone; the run goes on
+                    _quiet_stdout()
+                    return
 
     ready = threading.Event()
     thread = threading.Thread(target=loop, name="frametok-echo", daemon=True)
@@ -301,9 +306,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .registry import describe_registry
+    from .registry import describe_registry, model_files_in
 
-    print("\n".join(describe_registry()))
+    lines = describe_registry()
+    for folder in args.models or ():
+        lines += ["", f"in {folder}:", *(f"  {line}" for line in model_files_in(folder))]
+    print("\n".join(lines))
     return EXIT_OK
 
 
@@ -461,7 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--name", default="frametok")
     keys.set_defaults(func=cmd_keys)
 
-    models = sub.add_parser("models", help="list the models frametok knows by name")
+    models = sub.add_parser("models", help="list the models frametok knows by name (and what --models DIR holds)")
+    models.add_argument("--models", action="append", metavar="DIR",
+                        help="also list the model files in this folder and the names to ask for them by")
     models.set_defaults(func=cmd_models)
 
     idx = sub.add_parser("index", help="index videos (every frame, lossless) into a searchable database")
@@ -503,7 +513,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_stdout() -> None:
+    """stdout's reader went away (``frametok ... | head``): send what is still written there to /dev/null,
+    so that neither this nor the interpreter's last flush raises again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file descriptor (tests capturing it)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a command whose output is piped into a reader that stops early (``| head``)
+    exits quietly with code 0."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_OK
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

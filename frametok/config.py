@@ -335,7 +335,12 @@ class Config(_Frozen):
 
 def _format_errors(exc: ValidationError, origin: str) -> str:
     lines = []
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors:
+        if err["type"] == "too_short" and any(
+            len(other["loc"]) > len(err["loc"]) and other["loc"][: len(err["loc"])] == err["loc"] for other in errors
+        ):
+            continue  # "sources: Tuple should have at least 1 item": only because an item was refused, said above
         loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
         got = err.get("input")
         shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"

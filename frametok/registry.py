@@ -21,7 +21,8 @@ from .models.describe import IMAGENET_MEAN, IMAGENET_STD, describe_encoder_onnx,
 from .models.manifest import DetectorManifest, EncoderManifest, file_sha256, manifest_path_for, write_manifest
 from .models.session import ModelFiles, locate_model
 
-__all__ = ["REGISTRY", "RegistryEntry", "cache_dir", "describe_registry", "models_dirs", "resolve_model"]
+__all__ = ["REGISTRY", "RegistryEntry", "cache_dir", "describe_registry", "model_files_in", "models_dirs",
+           "resolve_model"]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,51 @@ def _from_models_dir(entry: RegistryEntry, folder: Path, cache: Path) -> ModelFi
     return None
 
 
+def _from_stem(ref: str, kind: Literal["detector", "encoder"], dirs: Sequence[Path], cache: Path) -> ModelFiles | None:
+    """A model asked for by the stem of its file in a models folder (``yolov8n_coco`` ->
+    ``DIR/yolov8n_coco.onnx``): with its manifest beside it, or, without one, described as the registry
+    entry that knows that file name would be (a detector: from the Ultralytics metadata in the ONNX)."""
+    for folder in dirs:
+        onnx = folder / f"{ref}.onnx"
+        if not onnx.is_file():
+            continue
+        if manifest_path_for(onnx).exists():
+            return locate_model(onnx)
+        entry = next((e for e in REGISTRY.values() if e.kind == kind and onnx.name in e.onnx_files), None)
+        if entry is None and kind == "detector":
+            entry = RegistryEntry(name=ref, kind="detector", note=f"{onnx.name} (Ultralytics ONNX)")
+        if entry is None:
+            raise ModelError(
+                f"{onnx} has no manifest ({manifest_path_for(onnx)}): describe it once with `frametok export "
+                f"encoder {onnx} --out {folder} --mean R,G,B --std R,G,B`"
+            )
+        return _described(entry, onnx, cache)
+    return None
+
+
+def model_files_in(folder: str | os.PathLike[str]) -> list[str]:
+    """What a models folder holds (for ``frametok models --models DIR``): one line per ``.onnx`` or ``.pt``
+    file, with the name to ask for it by and its manifest's kind and name when it has one."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise ModelError(f"models folder {path} does not exist (or is not a folder)")
+    lines = []
+    for item in sorted(path.iterdir()):
+        if item.suffix not in (".onnx", ".pt") or not item.is_file() or item.name.endswith(".fp16.onnx"):
+            continue
+        known = [e.name for e in REGISTRY.values() if item.name in e.onnx_files + e.checkpoint_files]
+        what = "checkpoint (exported on first use)" if item.suffix == ".pt" else "no manifest (described on first use)"
+        if item.suffix == ".onnx" and manifest_path_for(item).exists():
+            try:
+                manifest = locate_model(item).manifest
+                what = f"{manifest.kind} {manifest.name}"
+            except ModelError as exc:
+                what = f"bad manifest: {exc}"
+        names = ", ".join(dict.fromkeys([*known, item.stem])) if item.suffix == ".onnx" else ", ".join(known) or "-"
+        lines.append(f"{item.name:28s} {what}; ask for it as: {names}")
+    return lines or [f"no .onnx or .pt files in {path}"]
+
+
 def _download_ultralytics(asset: str, folder: Path) -> Path:
     """Download an official Ultralytics checkpoint (needs the export extra and a network)."""
     try:
@@ -195,8 +241,17 @@ def resolve_model(
     else:
         entry = REGISTRY.get(ref)
         if entry is None:
-            known = ", ".join(sorted(n for n, e in REGISTRY.items() if e.kind == kind))
-            raise ModelError(f"unknown {kind} model {ref!r}: give a path to an .onnx, or one of: {known}")
+            dirs = models_dirs(search)
+            found = _from_stem(ref, kind, dirs, cache_dir() / "models")
+            if found is None:
+                known = ", ".join(sorted(n for n, e in REGISTRY.items() if e.kind == kind))
+                searched = ", ".join(str(d) for d in dirs) or "none given"
+                raise ModelError(f"unknown {kind} model {ref!r}: give a path to an .onnx, one of: {known}, or "
+                                 f"the name of an .onnx in a models folder (searched: {searched})")
+            files = found
+            if files.manifest.kind != kind:
+                raise ModelError(f"model {ref!r} ({files.manifest_path}) is a {files.manifest.kind}, not a {kind}")
+            return files
         if entry.kind != kind:
             raise ModelError(f"model {ref!r} is a {entry.kind}, not a {kind}")
         files = _resolve_named(entry, search, allow_online)
