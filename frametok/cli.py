@@ -325,7 +325,12 @@ def cmd_index(args: argparse.Namespace) -> int:
                            config=args.config, every=args.every, progress=not args.no_progress,
                            batch_rows=args.flush_every,
                            log_level=logging.INFO if args.verbose else logging.WARNING)
-    report = Indexer(args.db, options).run(args.inputs)
+    if args.ray:
+        from .index.cluster import RayIndexer
+
+        report = RayIndexer(args.db, options, args.ray).run(args.inputs)
+    else:
+        report = Indexer(args.db, options).run(args.inputs)
     print(report.line(), flush=True)
     return EXIT_OK if report.indexed or report.unchanged or not report.failed else EXIT_FAILED
 
@@ -484,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     idx.add_argument("--every", type=int, default=1, metavar="N", help="index every Nth frame (default: all)")
     idx.add_argument("--flush-every", type=int, default=256, metavar="N",
                      help="commit to the index every N frames (an interrupted run resumes after the last commit)")
+    idx.add_argument("--ray", metavar="ADDRESS", help="index on a Ray cluster: its address (host:port), 'auto' "
+                     "(the cluster this machine is in) or 'local' (start Ray here); needs the cluster extra")
     idx.add_argument("--no-progress", action="store_true", help="no progress bars")
     idx.set_defaults(func=cmd_index)
 

@@ -26,7 +26,7 @@ from .store import Store, quote
 from .tracks import build_tracks
 from .writer import FrameWriter, token_dims
 
-__all__ = ["IndexOptions", "IndexReport", "Indexer", "expand_inputs", "fingerprint"]
+__all__ = ["IndexOptions", "IndexReport", "Indexer", "VideoPlan", "expand_inputs", "fingerprint", "index_config"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,50 @@ class IndexOptions:
     log_level: int = logging.WARNING
 
 
+def index_config(opts: IndexOptions, path: Path | str, sid: str, start_frame: int, workdir: str,
+                 threads: int | None = None) -> Any:
+    """The run config that indexes ``path`` as stream ``sid`` from ``start_frame`` (endpoints in
+    ``workdir``); ``threads``: the models' intra-op threads where the options' config leaves it at 0."""
+    from ..config import load_config
+
+    source: dict[str, Any] = {"id": sid, "uri": str(path), "policy": "file"}
+    if start_frame:
+        source["start_frame"] = start_frame
+    if opts.every > 1:
+        source["every"] = opts.every
+    over: dict[str, Any] = {
+        "sources": [source],
+        "publisher": {"endpoint": f"ipc://{workdir}/live", "lossless_endpoint": f"ipc://{workdir}/lossless",
+                      "wait_subscribers": 1},
+    }
+    for role in ("detector", "encoder"):
+        value = getattr(opts, role)
+        if value is not None:
+            over[role] = None if value.lower() == "none" else {"model": value}
+    if over.get("encoder", {}) is not None:
+        over.setdefault("encoder", {})["patches"] = False  # the index keeps context and content tokens
+    config = load_config(opts.config, over)
+    if threads and not config.worker.threads:
+        config = config.model_copy(update={"worker": config.worker.model_copy(update={"threads": threads})})
+    return config
+
+
+@dataclass
+class VideoPlan:
+    """One video still to index: its ``videos`` row so far (``base``), the first frame to decode, the
+    track id to count on from, the frames already stored (and the last one), whether frames are missing
+    (``pending``; else only its tracks are), and the frames it should have (None: unknown)."""
+
+    path: Path
+    base: dict[str, Any]
+    start: int
+    track_offset: int
+    done: int
+    last_frame: int
+    pending: bool
+    expected: int | None
+
+
 @dataclass
 class IndexReport:
     indexed: dict[str, int] = field(default_factory=dict)  # path -> frames written in this run
@@ -84,6 +128,7 @@ class IndexReport:
     failed: dict[str, str] = field(default_factory=dict)  # path -> why
     stopped: bool = False
     seconds: float = 0.0
+    cluster: str = ""  # --ray: the nodes and actors that did the work
 
     @property
     def frames(self) -> int:
@@ -92,6 +137,7 @@ class IndexReport:
     def line(self) -> str:
         text = (f"frametok index: {len(self.indexed)} video(s), {self.frames} frames in {self.seconds:.1f} s; "
                 f"{len(self.unchanged)} unchanged; {len(self.failed)} skipped")
+        text += f"; {self.cluster}" if self.cluster else ""
         return text + ("; stopped early (run again to resume)" if self.stopped else "")
 
 
@@ -148,26 +194,7 @@ class Indexer:
     # ------------------------------------------------------------------ config
 
     def _config(self, path: Path, sid: str, start_frame: int, workdir: str) -> Any:
-        from ..config import load_config
-
-        opts = self.options
-        source: dict[str, Any] = {"id": sid, "uri": str(path), "policy": "file"}
-        if start_frame:
-            source["start_frame"] = start_frame
-        if opts.every > 1:
-            source["every"] = opts.every
-        over: dict[str, Any] = {
-            "sources": [source],
-            "publisher": {"endpoint": f"ipc://{workdir}/live", "lossless_endpoint": f"ipc://{workdir}/lossless",
-                          "wait_subscribers": 1},
-        }
-        for role in ("detector", "encoder"):
-            value = getattr(opts, role)
-            if value is not None:
-                over[role] = None if value.lower() == "none" else {"model": value}
-        if over.get("encoder", {}) is not None:
-            over.setdefault("encoder", {})["patches"] = False  # the index keeps context and content tokens
-        return load_config(opts.config, over)
+        return index_config(self.options, path, sid, start_frame, workdir)
 
     def _prepared_models(self, config: Any) -> Any:
         from ..streamer.supervision.supervisor import prepare_models
@@ -189,9 +216,25 @@ class Indexer:
     # ------------------------------------------------------------------ run
 
     def run(self, inputs: Sequence[str | Path]) -> IndexReport:
+        t0 = time.monotonic()
+        probes = self.probe_inputs(inputs)
+        total = sum((p.frames or 0) // self.options.every for p in probes.values()) or None
+        self._progress = _Progress(self.options.progress, total)
+        try:
+            for path, probe in probes.items():
+                self._index_one(path, probe)
+                if self.report.stopped:
+                    break
+        finally:
+            self._progress.close()
+            self.store.compact()
+        self.report.seconds = time.monotonic() - t0
+        return self.report
+
+    def probe_inputs(self, inputs: Sequence[str | Path]) -> dict[Path, Any]:
+        """The videos named by ``inputs`` (paths, globs) with their probes; the rest is reported as skipped."""
         from ..streamer.source.decode import IMAGE_SUFFIXES, probe_source
 
-        t0 = time.monotonic()
         files, unmatched = expand_inputs([str(i) for i in inputs])
         for pattern in unmatched:
             self.report.failed[pattern] = "no such file"
@@ -206,20 +249,11 @@ class Indexer:
                 self.report.failed[str(path)] = str(exc)
         for name, why in self.report.failed.items():
             print(f"frametok index: skipping {name}: {why}", file=sys.stderr, flush=True)
-        total = sum((p.frames or 0) // self.options.every for p in probes.values()) or None
-        self._progress = _Progress(self.options.progress, total)
-        try:
-            for path, probe in probes.items():
-                self._index_one(path, probe)
-                if self.report.stopped:
-                    break
-        finally:
-            self._progress.close()
-            self.store.compact()
-        self.report.seconds = time.monotonic() - t0
-        return self.report
+        return probes
 
-    def _index_one(self, path: Path, probe: Any) -> None:
+    def plan(self, path: Path, probe: Any) -> VideoPlan | None:
+        """What is left to do for one video (None: it is indexed and unchanged, counted as such): old rows
+        of a changed file are forgotten here, and the frames already stored say where to go on."""
         key = str(path.resolve())
         video_id, size, mtime_ns = fingerprint(path)
         for old in self.store.video_rows(f"video = {quote(key)} AND video_id != {quote(video_id)}"):
@@ -232,28 +266,33 @@ class Indexer:
             row = None
         if row is not None and row["state"] == "complete":
             self.report.unchanged.append(str(path))
-            return
-        sid = _stream_id(path)
+            return None
         done = self.store.read("frames", f"video_id = {quote(video_id)}", ["frame", "det_track"])
         last = max(done.column("frame").to_pylist(), default=-1)
         start = last + self.options.every if last >= 0 else 0
         tracks = [t for ts in done.column("det_track").to_pylist() for t in ts] if done.num_rows else []
-        track_offset = max(tracks, default=-1) + 1
         base = {
-            "video_id": video_id, "video": key, "stream": sid, "size_bytes": size, "mtime_ns": mtime_ns,
-            "fps": probe.fps, "every": self.options.every, "width": probe.size_wh[0], "height": probe.size_wh[1],
-            "frames": done.num_rows, "class_names": "[]", "models": "{}", "encoder": "",
+            "video_id": video_id, "video": key, "stream": _stream_id(path), "size_bytes": size,
+            "mtime_ns": mtime_ns, "fps": probe.fps, "every": self.options.every, "width": probe.size_wh[0],
+            "height": probe.size_wh[1], "frames": done.num_rows, "class_names": "[]", "models": "{}", "encoder": "",
         }
         if row is not None:
             base.update({k: row[k] for k in ("class_names", "models", "encoder")})
-        expected = (probe.frames or 0) // self.options.every or None
-        self._progress.start(path.name, expected, done.num_rows)
-        if done.num_rows and self._progress.overall is not None:
-            self._progress.overall.update(done.num_rows)
+        return VideoPlan(path, base, start, max(tracks, default=-1) + 1, int(done.num_rows), last,
+                         row is None or row["state"] != "frames",
+                         (probe.frames or 0) // self.options.every or None)
+
+    def _index_one(self, path: Path, probe: Any) -> None:
+        plan = self.plan(path, probe)
+        if plan is None:
+            return
+        base, sid = plan.base, plan.base["stream"]
+        self._progress.start(path.name, plan.expected, plan.done)
+        if plan.done and self._progress.overall is not None:
+            self._progress.overall.update(plan.done)
         with tempfile.TemporaryDirectory(prefix="frametok-index-") as workdir:
-            config = self._config(path, sid, start, workdir)
-            pending = row is None or row["state"] != "frames"
-            if pending and not self._pipeline(config, path, sid, base, probe.fps, track_offset):
+            config = self._config(path, sid, plan.start, workdir)
+            if plan.pending and not self._pipeline(config, path, sid, base, plan.base["fps"], plan.track_offset):
                 return
             self._prepared_models(config)
         self._finish(base)

@@ -13,7 +13,7 @@ from ..errors import FrametokError
 from .frames import crop, read_frames
 from .store import Store, quote, tracks_schema
 
-__all__ = ["build_tracks", "detections_of"]
+__all__ = ["build_tracks", "detections_of", "track_embeddings", "track_rows", "write_tracks"]
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,16 @@ def build_tracks(store: Store, video: dict[str, Any], encoder: Any | None, class
                  dim: int) -> int:
     """Replace the video's track rows; returns how many tracks it has. ``dim``: the index's token size
     (0: no embeddings); without an ``encoder`` (a recorded stream has no pixels) embeddings are zeros."""
-    import pyarrow as pa
+    rows = track_rows(store, video, class_names)
+    embeddings = None
+    if dim and encoder is not None:
+        embeddings = track_embeddings(video["video"], rows, encoder)
+    return write_tracks(store, video, rows, dim, embeddings)
 
-    video_id = video["video_id"]
-    where = f"video_id = {quote(video_id)}"
-    det = detections_of(store, where)
+
+def track_rows(store: Store, video: dict[str, Any], class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """The track rows of a video (without embeddings), aggregated from its frame rows."""
+    det = detections_of(store, f"video_id = {quote(video['video_id'])}")
     tracked = det["track"] >= 0
     rows: list[dict[str, Any]] = []
     for tid in np.unique(det["track"][tracked]):
@@ -58,7 +63,7 @@ def build_tracks(store: Store, video: dict[str, Any], encoder: Any | None, class
         class_id = int(classes[np.argmax(counts)])
         best = sel[int(np.argmax(det["score"][sel]))]
         rows.append({
-            "video_id": video_id, "stream": video["stream"], "track_id": int(tid), "class_id": class_id,
+            "video_id": video["video_id"], "stream": video["stream"], "track_id": int(tid), "class_id": class_id,
             "class_name": class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id),
             "n_frames": int(np.unique(det["frame"][sel]).size),
             "first_frame": int(det["frame"][sel].min()), "last_frame": int(det["frame"][sel].max()),
@@ -66,25 +71,30 @@ def build_tracks(store: Store, video: dict[str, Any], encoder: Any | None, class
             "best_frame": int(det["frame"][best]), "best_score": float(det["score"][best]),
             "best_xyxy": det["xyxy"][best].astype(np.float32),
         })
+    return rows
+
+
+def write_tracks(store: Store, video: dict[str, Any], rows: list[dict[str, Any]], dim: int,
+                 embeddings: Sequence[np.ndarray] | None = None) -> int:
+    """Replace the video's track rows with ``rows`` (``embeddings``: one per row; None: zeros)."""
+    from .writer import rows_table
+
     schema = tracks_schema(dim)
     if dim:
-        embeddings = (_embeddings(video["video"], rows, encoder) if encoder is not None
-                      else [np.zeros(dim, np.float32) for _ in rows])
-        for row, emb in zip(rows, embeddings, strict=True):
-            row["embedding"] = emb
+        vectors = list(embeddings) if embeddings is not None else [np.zeros(dim, np.float32) for _ in rows]
+        for row, emb in zip(rows, vectors, strict=True):
+            row["embedding"] = np.asarray(emb, np.float32).reshape(dim)
     table = store.ensure("tracks", schema)
-    table.delete(where)
+    table.delete(f"video_id = {quote(video['video_id'])}")
     if rows:
-        columns: dict[str, Any] = {}
-        for field in schema:
-            values = [r[field.name] for r in rows]
-            if isinstance(field.type, pa.FixedSizeListType):
-                flat = np.concatenate(values).astype(np.float32, copy=False)
-                columns[field.name] = pa.FixedSizeListArray.from_arrays(pa.array(flat), field.type.list_size)
-            else:
-                columns[field.name] = pa.array(values, type=field.type)
-        table.add(pa.table(columns, schema=schema))
+        table.add(rows_table(rows, schema))
     return len(rows)
+
+
+def track_embeddings(path: str, rows: Sequence[dict[str, Any]], encoder: Any) -> list[np.ndarray]:
+    """The encoder's context token of each row's best box, decoded again from ``path`` (zeros where the
+    frame cannot be read)."""
+    return _embeddings(path, list(rows), encoder)
 
 
 def _embeddings(path: str, rows: list[dict[str, Any]], encoder: Any) -> list[np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 from ..packet import TokenPacket
 from .store import Store, frames_schema
 
-__all__ = ["FrameWriter", "token_dims"]
+__all__ = ["FrameRows", "FrameWriter", "rows_table", "token_dims"]
 
 
 def token_dims(models: dict[str, Any]) -> tuple[int, int]:
@@ -21,32 +21,42 @@ def token_dims(models: dict[str, Any]) -> tuple[int, int]:
     return dim, pool * pool
 
 
-class FrameWriter:
-    """Buffers frame rows of one video and appends them every ``batch`` frames or ``interval_s`` seconds.
+def rows_table(rows: list[dict[str, Any]], schema: Any) -> Any:
+    """Row dicts as a pyarrow Table of ``schema`` (fixed-size vector columns from numpy arrays)."""
+    import pyarrow as pa
 
-    An append is atomic: an index run killed at any moment leaves a prefix of the video's frames.
+    columns: dict[str, Any] = {}
+    for field in schema:
+        values = [r[field.name] for r in rows]
+        if isinstance(field.type, pa.FixedSizeListType):
+            flat = (np.concatenate(values).astype(np.float32, copy=False) if values
+                    else np.zeros(0, np.float32))
+            columns[field.name] = pa.FixedSizeListArray.from_arrays(pa.array(flat), field.type.list_size)
+        else:
+            columns[field.name] = pa.array(values, type=field.type)
+    return pa.table(columns, schema=schema)
+
+
+class FrameRows:
+    """Frame packets of one video into ``frames`` rows (kept in memory; :class:`FrameWriter` appends them).
+
     ``track_offset`` is added to every track id (a resumed run's tracker counts from 1 again).
     """
 
-    def __init__(self, store: Store, video_id: str, *, fps: float | None, dim: int, content_tokens: int,
-                 track_offset: int = 0, batch: int = 256, interval_s: float = 10.0) -> None:
-        self.store = store
+    def __init__(self, video_id: str, *, fps: float | None, dim: int, content_tokens: int,
+                 track_offset: int = 0) -> None:
         self.video_id = video_id
         self.fps = fps
         self.dim = dim
         self.content_tokens = content_tokens
         self.track_offset = track_offset
-        self.batch = batch
-        self.interval_s = interval_s
         self.schema = frames_schema(dim, content_tokens)
-        self.table = store.ensure("frames", self.schema)
         self.rows: list[dict[str, Any]] = []
-        self.written = 0
         self.last_frame = -1
         self.max_track = -1
-        self._last_flush = time.monotonic()
 
-    def add(self, packet: TokenPacket) -> None:
+    def row(self, packet: TokenPacket) -> dict[str, Any]:
+        """The ``frames`` row of ``packet`` (also appended to :attr:`rows`)."""
         det = packet.detections
         n = len(det) if det is not None else 0
         tracks: list[int] = []
@@ -75,8 +85,7 @@ class FrameWriter:
                 row["content"] = self._vector(packet.content_tokens, self.dim * self.content_tokens)
         self.rows.append(row)
         self.last_frame = packet.frame_index
-        if len(self.rows) >= self.batch or time.monotonic() - self._last_flush >= self.interval_s:
-            self.flush()
+        return row
 
     @staticmethod
     def _vector(value: Any, size: int) -> Any:
@@ -87,20 +96,42 @@ class FrameWriter:
             raise ValueError(f"expected {size} token values, got {flat.size}")
         return flat
 
+    def take(self) -> Any:
+        """The rows so far as a pyarrow Table (None when there are none); they are forgotten here."""
+        if not self.rows:
+            return None
+        table = rows_table(self.rows, self.schema)
+        self.rows = []
+        return table
+
+
+class FrameWriter(FrameRows):
+    """Buffers frame rows of one video and appends them every ``batch`` frames or ``interval_s`` seconds.
+
+    An append is atomic: an index run killed at any moment leaves a prefix of the video's frames.
+    ``track_offset`` is added to every track id (a resumed run's tracker counts from 1 again).
+    """
+
+    def __init__(self, store: Store, video_id: str, *, fps: float | None, dim: int, content_tokens: int,
+                 track_offset: int = 0, batch: int = 256, interval_s: float = 10.0) -> None:
+        super().__init__(video_id, fps=fps, dim=dim, content_tokens=content_tokens, track_offset=track_offset)
+        self.store = store
+        self.batch = batch
+        self.interval_s = interval_s
+        self.table = store.ensure("frames", self.schema)
+        self.written = 0
+        self._last_flush = time.monotonic()
+
+    def add(self, packet: TokenPacket) -> None:
+        self.row(packet)
+        if len(self.rows) >= self.batch or time.monotonic() - self._last_flush >= self.interval_s:
+            self.flush()
+
     def flush(self) -> None:
         self._last_flush = time.monotonic()
-        if not self.rows:
+        n = len(self.rows)
+        table = self.take()
+        if table is None:
             return
-        import pyarrow as pa
-
-        columns: dict[str, Any] = {}
-        for field in self.schema:
-            values = [r[field.name] for r in self.rows]
-            if isinstance(field.type, pa.FixedSizeListType):
-                flat = np.concatenate(values).astype(np.float32, copy=False)
-                columns[field.name] = pa.FixedSizeListArray.from_arrays(pa.array(flat), field.type.list_size)
-            else:
-                columns[field.name] = pa.array(values, type=field.type)
-        self.table.add(pa.table(columns, schema=self.schema))
-        self.written += len(self.rows)
-        self.rows = []
+        self.table.add(table)
+        self.written += n

@@ -1,0 +1,241 @@
+"""The index's frames made in one process: decode a video file and run the loaded models on it, batch by
+batch, as the pipeline's worker does for a file stream (same models, pre-processing, post-processing,
+tracker and soft tokens), without producer processes, shared memory or a publisher.
+
+A :class:`FrameEngine` loads the models once and indexes one video after another; each video gives a
+stream of :class:`~frametok.index.writer.FrameRows` chunks. The Ray actors of ``frametok index --ray``
+(:mod:`frametok.index.cluster`) each hold one engine. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import SourceError
+from ..packet import StreamInfo, Timestamps, TokenPacket
+from ..streamer.source.decode import DecodedFrame, decode_frames
+from ..streamer.worker.models import LoadedModels, Models, load_models
+from ..streamer.worker.tokens import SoftTokens, SoftTokenStream
+from .writer import FrameRows, token_dims
+
+__all__ = ["Chunk", "FrameEngine", "VideoJob"]
+
+_END = object()
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One video to index: from frame ``start`` (every ``every``-th), track ids shifted by ``track_offset``."""
+
+    path: str
+    video_id: str
+    stream: str
+    fps: float | None
+    start: int = 0
+    every: int = 1
+    track_offset: int = 0
+    tracks_only: bool = False  # every frame is in: only its tracks are left
+
+
+@dataclass
+class Chunk:
+    """A piece of a video's index: ``info`` (first: class names and the models' stream info), then frame
+    rows (``table``, a pyarrow Table, with ``frames`` rows up to ``last_frame``), then the end (``end``:
+    ``ok`` and the ``detail`` of a failure). ``damage``: damaged parts skipped since the chunk before."""
+
+    kind: str  # info | rows | end
+    class_names: list[str] = field(default_factory=list)
+    models: dict[str, Any] = field(default_factory=dict)
+    table: Any = None
+    frames: int = 0
+    last_frame: int = -1
+    max_track: int = -1
+    ok: bool = True
+    detail: str = ""
+    damage: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # rows: time the models and decoding took for them
+
+
+class _Reader:
+    """Decodes ahead in a thread (PyAV releases the GIL), at most ``depth`` frames."""
+
+    def __init__(self, job: VideoJob, depth: int) -> None:
+        self.damage: list[str] = []
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, args=(job,), name="frametok-index-decode", daemon=True)
+        self._thread.start()
+
+    def _main(self, job: VideoJob) -> None:
+        try:
+            for frame in decode_frames(job.path, on_damage=self.damage.append, start_frame=job.start,
+                                       every=job.every):
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(frame, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(_END, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+
+    def take(self, n: int) -> tuple[list[DecodedFrame], bool]:
+        """The next ``n`` frames (fewer at the end); True when the video has no more."""
+        out: list[DecodedFrame] = []
+        while len(out) < n:
+            item = self._queue.get()
+            if item is _END:
+                return out, True
+            out.append(item)
+        return out, False
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+class FrameEngine:
+    """The models of one run config, loaded once; :meth:`index` makes the rows of one video after another."""
+
+    def __init__(self, config: Any, models: Models) -> None:
+        self.config = config
+        self.models = models
+        self._cpu_encoder: Any = None
+        self.loaded: LoadedModels = load_models(config, models)
+        det, enc = self.loaded.detector, self.loaded.encoder
+        self.max_batch = int(config.worker.max_batch)
+        self._det_t = np.empty((self.max_batch, 3, *det.input_hw), np.float32) if det is not None else None
+        self._enc_t = np.empty((self.max_batch, 3, *enc.input_hw), np.float32) if enc is not None else None
+        self.info = StreamInfo("video", "file", self.loaded.infos)  # type: ignore[arg-type]
+
+    @property
+    def model_ids(self) -> dict[str, str]:
+        return dict(self.loaded.ids)
+
+    def index(self, job: VideoJob, chunk_frames: int = 32, chunk_s: float = 1.0) -> Iterator[Chunk]:
+        """The chunks of one video (see :class:`Chunk`): a chunk every ``chunk_frames`` frames or
+        ``chunk_s`` seconds, whichever comes first."""
+        models = dict(self.loaded.infos)
+        yield Chunk("info", class_names=self.info.class_names(), models=models)
+        dim, content = token_dims(models)
+        rows = FrameRows(job.video_id, fps=job.fps, dim=dim, content_tokens=content, track_offset=job.track_offset)
+        ec = self.config.encoder
+        soft = SoftTokenStream(ec, self.loaded.queries) if self.loaded.encoder is not None and ec else None
+        tracker = self.loaded.tracker(self.config.sources[0].fps if self.config.sources else None)
+        reader = _Reader(job, 2 * self.max_batch)
+        last_yield = time.monotonic()
+        busy = 0.0
+        try:
+            ended = False
+            while not ended:
+                frames, ended = reader.take(self.max_batch)
+                t0 = time.perf_counter()
+                for packet in self._batch(job, frames, soft, tracker):
+                    rows.row(packet)
+                busy += time.perf_counter() - t0
+                now = time.monotonic()
+                if rows.rows and (ended or len(rows.rows) >= chunk_frames or now - last_yield >= chunk_s):
+                    n, last = len(rows.rows), rows.last_frame
+                    yield Chunk("rows", table=rows.take(), frames=n, last_frame=last, max_track=rows.max_track,
+                                damage=self._damage(reader), seconds=busy)
+                    last_yield, busy = now, 0.0
+        finally:
+            reader.close()
+        err = reader.error
+        if err is None:
+            yield Chunk("end", damage=self._damage(reader))
+        elif isinstance(err, SourceError):
+            yield Chunk("end", ok=False, detail=str(err), damage=self._damage(reader))
+        else:
+            yield Chunk("end", ok=False, detail=f"{type(err).__name__}: {err}", damage=self._damage(reader))
+
+    @staticmethod
+    def _damage(reader: _Reader) -> list[str]:
+        out = list(reader.damage)
+        del reader.damage[: len(out)]
+        return out
+
+    def _batch(self, job: VideoJob, frames: list[DecodedFrame], soft: SoftTokenStream | None,
+               tracker: Any) -> list[TokenPacket]:
+        """The packets of one batch of frames, as the worker makes them (gather, model lane, emit)."""
+        if not frames:
+            return []
+        det, enc = self.loaded.detector, self.loaded.encoder
+        n = len(frames)
+        letterboxes = []
+        enc_rows: list[int] = []
+        m = 0
+        for i, frame in enumerate(frames):
+            if det is not None and self._det_t is not None:
+                letterboxes.append(det.preprocess(frame.frame_rgb, self._det_t[i]))
+            row = -1
+            if enc is not None and self._enc_t is not None and soft is not None and soft.wants_encoder(frame.frame_rgb):
+                enc.preprocess(frame.frame_rgb, self._enc_t[m])
+                row, m = m, m + 1
+            enc_rows.append(row)
+        raw = det.infer(self._det_t[:n]) if det is not None and self._det_t is not None else None
+        encoded = enc.split(enc.infer(self._enc_t[:m])) if m and enc is not None and self._enc_t is not None else None
+        t_infer = time.time_ns()
+        out: list[TokenPacket] = []
+        for i, frame in enumerate(frames):
+            found = None
+            if det is not None and raw is not None:
+                found = det.postprocess(raw[i], letterboxes[i])
+                if tracker is not None:
+                    found = tracker.update(found)
+            tokens = SoftTokens()
+            if soft is not None:
+                row = enc_rows[i]
+                tokens = (soft.encoded(encoded.context[row], encoded.patches[row])
+                          if row >= 0 and encoded is not None else soft.skip())
+            h, w = frame.frame_rgb.shape[:2]
+            out.append(TokenPacket(
+                stream_id=job.stream, frame_index=frame.index, pts_s=frame.pts_s, size_wh=(w, h), policy="file",
+                timestamps=Timestamps(frame.t_capture_ns, frame.t_decode_ns, t_infer),
+                detections=found, context_token=tokens.context, content_tokens=tokens.content,
+                models=self.loaded.ids,
+            ))
+        return out
+
+    def embeddings(self, path: str, boxes: list[tuple[int, list[float]]]) -> list[Any]:
+        """Track embeddings: the encoder's context token of each (best frame, box) crop of ``path``."""
+        from .tracks import track_embeddings
+
+        encoder = self.track_encoder()
+        if encoder is None:
+            return [None for _ in boxes]
+        rows = [{"best_frame": int(f), "best_xyxy": np.asarray(b, np.float32)} for f, b in boxes]
+        return [np.asarray(v, np.float32) for v in track_embeddings(path, rows, encoder)]
+
+    def track_encoder(self) -> Any:
+        """The encoder on CPU, as the single-machine index embeds track crops (the loaded one when it runs
+        in fp32 on CPU already)."""
+        enc = self.loaded.encoder
+        if enc is None:
+            return None
+        if list(enc.session.get_providers()) == ["CPUExecutionProvider"] and enc.precision == "fp32":
+            return enc
+        if self._cpu_encoder is None and self.models.encoder is not None:
+            from ..models.encoder import Encoder
+            from ..models.session import create_session
+
+            files = self.models.encoder
+            self._cpu_encoder = Encoder(files.manifest, create_session(files, ("cpu",)))  # type: ignore[arg-type]
+        return self._cpu_encoder
