@@ -88,6 +88,11 @@ class SourceConfig(_Frozen):
         False, description="network streams: the server closing the stream ends it (end-of-stream) instead of "
         "being a stall to reconnect from",
     )
+    sequence: bool = Field(
+        False, description="image folders: the images are frames of one scene, in order (tracks continue from "
+        "image to image); false: unrelated photos, every image its own scene (no track crosses images; a track "
+        "id is still never handed out twice)",
+    )
     options: dict[str, str] = Field(
         default_factory=dict, description="network streams: FFmpeg options, e.g. {rtsp_transport: tcp}"
     )
@@ -114,6 +119,8 @@ class SourceConfig(_Frozen):
             raise ValueError(f"source {self.id!r}: reconnect applies to cameras and network streams, not {kind}")
         if (self.start_frame or self.every > 1) and kind != "file":
             raise ValueError(f"source {self.id!r}: start_frame and every apply to video files, not {kind}")
+        if self.sequence and kind != "images":
+            raise ValueError(f"source {self.id!r}: sequence applies to image folders, not {kind}")
         if self.end_on_eof and kind != "network":
             raise ValueError(f"source {self.id!r}: end_on_eof applies to network streams, not {kind}")
         if self.reconnect_max_s < self.reconnect_initial_s:

@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from frametok.errors import SourceError
+from frametok.config import load_config
+from frametok.errors import ConfigError, SourceError
+from frametok.packet import Message, TokenPacket
 from frametok.streamer.source.decode import decode_frames
+
+from ..conftest import free_endpoint
+from .test_pipeline import run_and_collect
 
 _W, _H = 160, 120
 
@@ -66,3 +71,47 @@ def test_cut_vfr_avi_is_still_truncated(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="truncated"):
         for _ in decode_frames(str(cut)):
             pass
+
+
+def _photo_folder(folder: Path, media: Path, names: list[str]) -> Path:
+    folder.mkdir()
+    for i, name in enumerate(names):
+        (folder / f"{i:02d}_{name}").symlink_to(media / name)
+    return folder
+
+
+def _track_ids(messages: list[Message]) -> list[list[int]]:
+    frames = [m for m in messages if isinstance(m, TokenPacket)]
+    out = []
+    for packet in frames:
+        assert packet.detections is not None and packet.detections.track_id is not None
+        out.append([int(t) for t in packet.detections.track_id if t >= 0])
+    return out
+
+
+def test_unrelated_photos_are_not_tracked_across(shared_media: Path, shared_models: Path, tmp_path: Path) -> None:
+    """Defect 2: id 4 went to the bus of bus.jpg, then to a person of zidane.jpg; bus.jpg's people got their
+    ids back after the other photos (tracked across unrelated images)."""
+    folder = _photo_folder(tmp_path / "photos", shared_media, ["bus.jpg", "zidane.jpg", "bus.jpg", "zidane.jpg"])
+    messages, output, code = run_and_collect(
+        ["--source", f"p={folder}", "--models", str(shared_models), "--encoder", "none"], free_endpoint())
+    assert code == 0, output
+    ids = _track_ids(messages)
+    assert len(ids) == 4 and all(ids), ids  # every photo has tracked detections
+    flat = [t for frame in ids for t in frame]
+    assert len(flat) == len(set(flat)), f"a track id in two photos: {ids}"
+
+
+def test_an_image_sequence_is_tracked_across(shared_media: Path, shared_models: Path, tmp_path: Path) -> None:
+    folder = _photo_folder(tmp_path / "seq", shared_media, ["bus.jpg", "bus.jpg", "bus.jpg"])
+    config = tmp_path / "seq.yaml"
+    config.write_text(f"sources:\n  - {{id: s, uri: '{folder}', sequence: true}}\nencoder: null\n")
+    messages, output, code = run_and_collect([str(config), "--models", str(shared_models)], free_endpoint())
+    assert code == 0, output
+    ids = _track_ids(messages)
+    assert set(ids[0]) and set(ids[0]) == set(ids[1]) == set(ids[2]), ids
+
+
+def test_sequence_is_for_image_folders(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="sequence applies to image folders"):
+        load_config(None, {"sources": [{"id": "v", "uri": str(tmp_path / "x.mp4"), "sequence": True}]})

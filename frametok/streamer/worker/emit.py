@@ -34,6 +34,8 @@ class Emitter:
         self.model_time_s = 0.0
         self.active_since: float | None = None  # monotonic: the first batch of frames began loading
         self.active_until = 0.0  # monotonic: the last batch of frames was published
+        # image folders that are not a sequence: every image its own scene, so no track crosses images
+        self.scene_per_frame = frozenset(s.id for s in models.config.sources if s.kind == "images" and not s.sequence)
 
     def mark_active(self) -> None:
         if self.active_since is None:
@@ -51,8 +53,8 @@ class Emitter:
                 found = detector.postprocess(out.detections_raw[i], item.letterbox)  # type: ignore[arg-type]
                 tracker = self.streams[item.notice.stream_id].tracker
                 if tracker is not None:
-                    if item.reset_tracker:
-                        tracker.reset()
+                    if item.reset_tracker or item.notice.stream_id in self.scene_per_frame:
+                        tracker.reset()  # ids already handed out are never handed out again
                     found = tracker.update(found)
                 dets[i] = found
         return dets
