@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,9 +234,19 @@ class _Lines:
             self.queue.put(line)
         self.queue.put(None)
 
-    def first(self, timeout_s: float) -> dict[str, Any]:
-        """Wait for its first line (it has joined the publisher)."""
-        line = self.queue.get(timeout=timeout_s)
+    def first(self, timeout_s: float, run: subprocess.Popen[str]) -> dict[str, Any]:
+        """Wait for its first line (it has joined the publisher), failing at once should ``run`` end first."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                line = self.queue.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if run.poll() is not None:
+                    pytest.fail(f"frametok run exited ({run.returncode}) before a subscriber joined:\n"
+                                f"{run.communicate()[1][-3000:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"frametok-read printed nothing in {timeout_s:.0f} s")
         assert line is not None, self.finish()
         self.lines.append(json.loads(line))
         return self.lines[0]
@@ -273,10 +284,10 @@ def test_live_run_read_by_cpp_and_the_sdk_at_once(frametok_read: Path, shared_mo
         # one subscriber joins after the other: each gets its info before the next arrives
         cpp = _Lines(frametok_read, lossless, "--lossless", "--credit", "8")  # credit in batches of 4
         readers.append(cpp)
-        assert cpp.first(180)["kind"] == "info"
+        assert cpp.first(180, run)["kind"] == "info"
         live = _Lines(frametok_read, publish)
         readers.append(live)
-        assert live.first(60)["kind"] == "info"
+        assert live.first(60, run)["kind"] == "info"
         with Subscriber(lossless, mode="lossless", timeout_s=180) as sub:
             sdk = dict(_sdk_grids(sub))
             sdk_gaps = sum(g.missing for g in sub.gaps.values())
