@@ -193,6 +193,7 @@ class TokenPacket:
     query_tokens: NDArray[Any] | None = None
     query_scores: NDArray[Any] | None = None
     preview_jpeg: bytes | None = None
+    damaged: bool = False  # (1.2) the source's data for this frame was damaged: its pixels may be partly wrong
 
     def __post_init__(self) -> None:
         validate_stream_id(self.stream_id)
@@ -324,6 +325,8 @@ def encode(
             },
             models=dict(message.models),
         )
+        if message.damaged:
+            header["damaged"] = True
         det = message.detections
         if det is not None:
             arrays += [("det_xyxy", det.xyxy), ("det_score", det.score), ("det_class", det.class_id)]
@@ -513,6 +516,7 @@ def _decode_frame(header: Mapping[str, Any], buffers: Mapping[str, NDArray[Any]]
             query_tokens=None if query is None else query[0],
             query_scores=None if query is None else query[1],
             preview_jpeg=_expect(buffers, "preview", 1).tobytes() if "preview" in buffers else None,
+            damaged=bool(_field(header, "damaged", bool, optional=True)),
         )
     except ValueError as exc:
         raise ProtocolError(f"frame: {exc}") from exc

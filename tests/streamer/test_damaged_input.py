@@ -67,7 +67,7 @@ def test_decoder_skips_damaged_parts_and_reports_them(shared_media: Path, tmp_pa
     reports: list[str] = []
     n = sum(1 for _ in decode_frames(str(bad), on_damage=reports.append))
     assert 100 <= n < 120
-    assert reports and all("damaged data after frame" in r or "missing" in r for r in reports)
+    assert reports and all("damaged data" in r or "missing" in r for r in reports)
     healthy: list[str] = []
     assert sum(1 for _ in decode_frames(str(clip), on_damage=healthy.append)) == 120 and not healthy
 

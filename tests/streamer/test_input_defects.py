@@ -4,6 +4,8 @@ subscriber found: a complete variable-frame-rate AVI, packed B-frames, concealed
 from __future__ import annotations
 
 import fractions
+import json
+import re
 from pathlib import Path
 
 import av
@@ -13,7 +15,7 @@ from numpy.typing import NDArray
 
 from frametok.config import load_config
 from frametok.errors import ConfigError, SourceError
-from frametok.packet import Message, TokenPacket
+from frametok.packet import EndOfStream, Message, StatusMessage, TokenPacket, decode, encode
 from frametok.streamer.source.decode import decode_frames
 
 from ..conftest import free_endpoint
@@ -115,3 +117,92 @@ def test_an_image_sequence_is_tracked_across(shared_media: Path, shared_models: 
 def test_sequence_is_for_image_folders(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="sequence applies to image folders"):
         load_config(None, {"sources": [{"id": "v", "uri": str(tmp_path / "x.mp4"), "sequence": True}]})
+
+
+def xvid_avi(path: Path, frames: int = 90) -> Path:
+    """An xvid-tagged MPEG-4 AVI, a keyframe every 30 frames, with some texture so that frames are large."""
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 60, (_H, _W), dtype=np.uint8)
+    with av.open(str(path), "w", format="avi") as out:
+        stream = out.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = _W, _H, "yuv420p"
+        stream.codec_context.codec_tag = "XVID"
+        stream.codec_context.gop_size = 30
+        stream.codec_context.bit_rate = 800_000
+        for i in range(frames):
+            img = picture(i)
+            img[..., 1] = np.roll(noise, i, axis=1)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(stream.encode(None))
+    return path
+
+
+def overwritten(src: Path, dst: Path, span: int = 12_000) -> Path:
+    """16 random bytes of every 997 over ``span`` bytes in the middle of the file."""
+    data = bytearray(src.read_bytes())
+    rng = np.random.default_rng(1)
+    mid = len(data) // 2
+    for at in range(mid, mid + span, 997):
+        data[at : at + 16] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_concealed_damage_is_marked(tmp_path: Path) -> None:
+    """Defect 6: frames the decoder concealed errors in (or predicted from skipped data) came out as healthy."""
+    clip = xvid_avi(tmp_path / "x.avi")
+    bad = overwritten(clip, tmp_path / "bad.avi")
+    reports: list[str] = []
+    frames = list(decode_frames(str(bad), on_damage=reports.append))
+    damaged = [f.index for f in frames if f.damaged]
+    assert damaged, "no frame marked damaged"
+    assert len(damaged) < len(frames) and not frames[0].damaged and not frames[-1].damaged
+    assert any("concealed errors" in r and "marked damaged" in r for r in reports), reports
+    healthy: list[str] = []
+    assert not any(f.damaged for f in decode_frames(str(clip), on_damage=healthy.append)) and not healthy
+
+
+def test_the_damaged_flag_is_an_optional_header_field() -> None:
+    """Defect 6: a per-packet flag, ``"damaged": true`` in the header only when set (1.2, minor addition)."""
+    packet = TokenPacket("cam0", 3, 0.1, (64, 48), seq=5, damaged=True)
+    parts = encode(packet)
+    assert json.loads(bytes(parts[1]))["damaged"] is True
+    assert decode(parts).damaged is True  # type: ignore[union-attr]
+    plain = encode(TokenPacket("cam0", 4, 0.2, (64, 48), seq=6))
+    assert "damaged" not in json.loads(bytes(plain[1]))
+    assert decode(plain).damaged is False  # type: ignore[union-attr]
+
+
+def _damaged_folder(folder: Path, media: Path) -> Path:
+    folder.mkdir()
+    (folder / "01_bus.jpg").symlink_to(media / "bus.jpg")
+    (folder / "02_noise.jpg").write_bytes(np.random.default_rng(2).integers(0, 256, 5000, np.uint8).tobytes())
+    data = (media / "zidane.jpg").read_bytes()
+    (folder / "03_cut.jpg").write_bytes(data[: len(data) * 2 // 3])
+    (folder / "04_zidane.jpg").symlink_to(media / "zidane.jpg")
+    return folder
+
+
+def test_damaged_images_are_reported(shared_media: Path, tmp_path: Path) -> None:
+    """Defect 7: a random-bytes .jpg was skipped with a log line only; a truncated JPEG passed as healthy."""
+    folder = _damaged_folder(tmp_path / "photos", shared_media)
+    reports: list[str] = []
+    frames = list(decode_frames(str(folder), on_damage=reports.append))
+    assert [f.damaged for f in frames] == [False, True, False]
+    assert any("02_noise.jpg" in r and "not a readable image" in r for r in reports), reports
+    assert any("03_cut.jpg" in r and "truncated JPEG" in r for r in reports), reports
+
+
+def test_damaged_images_reach_subscribers_and_the_summary(shared_media: Path, shared_models: Path,
+                                                        tmp_path: Path) -> None:
+    folder = _damaged_folder(tmp_path / "photos", shared_media)
+    messages, output, code = run_and_collect(
+        ["--source", f"p={folder}", "--models", str(shared_models), "--encoder", "none", "--no-track"],
+        free_endpoint())
+    assert code == 0, output
+    packets = [m for m in messages if isinstance(m, TokenPacket)]
+    assert [(p.frame_index, p.damaged) for p in packets] == [(0, False), (1, True), (2, False)]
+    errors = [m.detail for m in messages if isinstance(m, StatusMessage) and m.state == "error"]
+    assert any("02_noise.jpg" in e for e in errors) and any("03_cut.jpg" in e for e in errors), errors
+    assert isinstance(messages[-1], EndOfStream) and messages[-1].reason == "end"
+    assert re.search(r"damaged input: .*\bp \(2 part", output), output

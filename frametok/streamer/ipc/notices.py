@@ -73,6 +73,7 @@ class FrameNotice:
     t_capture_ns: int
     t_decode_ns: int
     dropped: int
+    damaged: bool = False  # the source's data for this frame was damaged (packets' ``damaged`` flag)
 
 
 @dataclass(frozen=True)

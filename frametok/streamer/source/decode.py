@@ -37,6 +37,7 @@ __all__ = [
     "camera_device",
     "check_camera",
     "decode_frames",
+    "image_cut_short",
     "image_files",
     "probe_source",
     "redact_uri",
@@ -58,13 +59,17 @@ class SourceStalled(SourceError):
 
 @dataclass(frozen=True)
 class DecodedFrame:
-    """One decoded frame: ``frame_rgb`` (H, W, 3) uint8, its index, pts and wall-clock times."""
+    """One decoded frame: ``frame_rgb`` (H, W, 3) uint8, its index, pts and wall-clock times.
+
+    ``damaged``: the decoder concealed errors in it (FFmpeg's error detection flagged it corrupt), or it is
+    an image file that ends early: what it shows may be partly wrong."""
 
     index: int
     pts_s: float | None
     frame_rgb: NDArray[np.uint8]
     t_capture_ns: int
     t_decode_ns: int
+    damaged: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,8 +163,9 @@ def _av_frames(uri: str, timeout_s: float, read_timeout_s: float | None,
                     t_decoded = time.time_ns()
                     t_capture = arrivals.pop(frame.pts, t_arrival) if network else t_decoded
                     rgb = frame.to_ndarray(format="rgb24")
+                    corrupt = damage is not None and damage.frame(index, frame)
                     yield DecodedFrame(index, _pts_seconds(frame, stream), rgb, min(t_capture, t_decoded),
-                                       time.time_ns())
+                                       time.time_ns(), corrupt)
                     index += 1
             if damage is not None:
                 damage.finish(index)
@@ -190,6 +196,9 @@ class _Damage:
         self.run = 0  # packets skipped since the last good frame
         self.first = 0  # frame index where the current run started
         self.error = ""
+        self.concealed: list[int] = []  # frames of the current run decoded with concealed errors
+        self.concealed_total = 0
+        self.needs_key = False  # packets were skipped: frames are damaged until the next keyframe
 
     def packet(self, packet: Any) -> None:
         at = packet.pts if packet.pts is not None else packet.dts
@@ -209,12 +218,35 @@ class _Damage:
             self.first = index
         self.run += 1
         self.skipped += 1
+        self.needs_key = True
         self.error = str(getattr(exc, "strerror", "") or exc)
 
     def _report(self, text: str) -> None:
         log.warning("%s", text)
         if self.on_damage is not None:
             self.on_damage(text)
+
+    def frame(self, index: int, frame: Any) -> bool:
+        """A frame came out of the decoder: is it damaged? It is when the decoder flagged errors it concealed
+        (``err_detect``: the frame's corrupt flag or decode-error flags), or when packets were skipped since
+        the last keyframe (it was predicted from a frame that never decoded). Damaged frames are published,
+        marked; each run of them is reported once, at the next clean frame."""
+        if frame.key_frame:
+            self.needs_key = False
+        if bool(frame.is_corrupt) or self.needs_key:
+            self.concealed.append(index)
+            self.concealed_total += 1
+            return True
+        if self.concealed:
+            self._report_concealed()
+        return False
+
+    def _report_concealed(self) -> None:
+        first, last, n = self.concealed[0], self.concealed[-1], len(self.concealed)
+        where = f"frame {first}" if n == 1 else f"frames {first}-{last}"
+        self._report(f"{redact_uri(self.uri)}: damaged data in {where}: {n} frame(s) decoded with concealed errors "
+                     f"or from damaged references (published, marked damaged)")
+        self.concealed = []
 
     def good(self, index: int) -> None:
         if self.run:
@@ -223,6 +255,8 @@ class _Damage:
         self.run = 0
 
     def finish(self, index: int) -> None:
+        if self.concealed:
+            self._report_concealed()
         missing = self.announced - index - self.skipped if self.announced and not self.complete else 0
         if missing > max(1, self.announced // 100):  # more than a lost packet or two: the file was cut short
             raise SourceError(f"{redact_uri(self.uri)} is truncated: it ends after {index} frames, its container "
@@ -323,8 +357,37 @@ def image_files(uri: str) -> list[Path]:
     return sorted(files, key=_natural_key)
 
 
-def _image_frames(uri: str, fps: float | None) -> Iterator[DecodedFrame]:
+_TAIL = 64  # bytes at the end of an image file searched for its end marker
+
+
+def image_cut_short(path: Path) -> str | None:
+    """Why the image file at ``path`` ends early (a JPEG without its end-of-image marker, a PNG without its
+    IEND chunk), or None. OpenCV decodes such a file with only libjpeg's "Premature end of JPEG file" on
+    stderr, filling in what is missing."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            f.seek(max(0, path.stat().st_size - _TAIL))
+            tail = f.read().rstrip(b"\x00\r\n\t ")
+    except OSError:
+        return None
+    if head[:2] == b"\xff\xd8" and not tail.endswith(b"\xff\xd9"):
+        return "truncated JPEG (no end-of-image marker)"
+    if head == b"\x89PNG\r\n\x1a\n" and b"IEND" not in tail:
+        return "truncated PNG (no IEND chunk)"
+    return None
+
+
+def _image_frames(uri: str, fps: float | None,
+                  on_damage: Callable[[str], None] | None = None) -> Iterator[DecodedFrame]:
+    """The images of ``uri``; a file that is not a readable image is skipped, one that ends early is
+    published marked damaged, and each is reported to ``on_damage`` by name (and logged)."""
     import cv2
+
+    def report(text: str) -> None:
+        log.warning("%s", text)
+        if on_damage is not None:
+            on_damage(text)
 
     files = image_files(uri)
     if not files:
@@ -333,11 +396,14 @@ def _image_frames(uri: str, fps: float | None) -> Iterator[DecodedFrame]:
     for path in files:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
-            log.warning("skipping %s: not a readable image", path)
+            report(f"{path}: not a readable image (skipped)")
             continue
         t_decoded = time.time_ns()
+        short = image_cut_short(path)
+        if short is not None:
+            report(f"{path}: damaged image: {short} (published as frame {index}, marked damaged)")
         rgb: NDArray[np.uint8] = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
-        yield DecodedFrame(index, index / fps if fps else None, rgb, t_decoded, time.time_ns())
+        yield DecodedFrame(index, index / fps if fps else None, rgb, t_decoded, time.time_ns(), short is not None)
         index += 1
     if index == 0:
         raise SourceError(f"none of the {len(files)} files of {uri} is a readable image")
@@ -355,14 +421,15 @@ def decode_frames(uri: str, timeout_s: float = 10.0, *, read_timeout_s: float | 
     ``timeout_s`` bounds opening, ``read_timeout_s`` (default: ``timeout_s``) each read of a network
     stream or camera; ``fps`` gives images their pts (cameras: the frame rate asked for); ``options``
     are FFmpeg options for network streams. Raises :class:`SourceError` when the source fails.
-    ``on_damage`` (files): told of each damaged part that was skipped (the reader thread calls it).
+    ``on_damage`` (files, image folders): told of each damaged part, skipped or published marked damaged
+    (the reader thread calls it).
     ``start_frame``/``every`` (files): only frames ``start_frame + k * every``, keeping absolute indices.
     """
     kind = source_kind(uri)
     if kind == "camera":
         return _camera_frames(uri, timeout_s, read_timeout_s, fps)
     if kind == "images":
-        return _image_frames(uri, fps)
+        return _image_frames(uri, fps, on_damage)
     frames = _av_frames(uri, timeout_s, read_timeout_s, options, on_damage)
     return _sampled(frames, start_frame, every) if start_frame or every > 1 else frames
 

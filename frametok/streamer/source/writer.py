@@ -93,7 +93,7 @@ class RingWriter:
             self.ring_dropped += 1
         ring.write(slot, self.seq, frame.frame_rgb)
         notice = FrameNotice(self.stream_id, slot, self.seq, index, frame.pts_s, frame.t_capture_ns,
-                             frame.t_decode_ns, self.dropped())
+                             frame.t_decode_ns, self.dropped(), frame.damaged)
         self.notices[slot] = notice
         self.outbox.notify(notice)
         self.outstanding = (slot, self.seq)

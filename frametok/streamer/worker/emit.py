@@ -96,6 +96,7 @@ class Emitter:
                 query_tokens=soft.query_tokens,
                 query_scores=soft.query_scores,
                 preview_jpeg=item.preview_jpeg,
+                damaged=notice.damaged,
             ))
             self._release_when_delivered(item.ring, notice, message_id)
             st.published += 1
