@@ -102,6 +102,8 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         worker["providers"] = args.providers.split(",")
     if args.precision:
         worker["precision"] = args.precision
+    if args.workers is not None:
+        worker["count"] = args.workers
     if worker:
         over["worker"] = worker
     return over
@@ -234,6 +236,23 @@ def _add_half(files: ModelFiles, args: argparse.Namespace) -> ModelFiles:
     return files
 
 
+def _add_variants(files: ModelFiles, args: argparse.Namespace) -> ModelFiles:
+    """The fp16 graph (``--half``), then the int8 one (``--int8``), each checked and added to the manifest."""
+    files = _add_half(files, args)
+    if not args.int8:
+        return files
+    from .exporters import add_int8
+
+    files = add_int8(files, args.calibrate or [], calibration_frames=args.calibration_frames,
+                     heldout_frames=args.heldout_frames)
+    variant = files.manifest.int8
+    assert variant is not None  # add_int8 wrote it
+    figures = {k: v for k, v in variant.parity.items() if not k.endswith("_samples")}
+    print(f"wrote {files.int8_onnx_path} (int8; {variant.calibration_frames} calibration, "
+          f"{variant.heldout_frames} held-out frames); parity: {figures}")
+    return files
+
+
 def cmd_export_yolo(args: argparse.Namespace) -> int:
     from .exporters import export_yolo
 
@@ -243,9 +262,9 @@ def cmd_export_yolo(args: argparse.Namespace) -> int:
         from .models.manifest import write_manifest
         from .models.session import locate_model
 
-        kept = _manifest_kept(weights, args.out, args.name) if args.half else None
+        kept = _manifest_kept(weights, args.out, args.name) if args.half or args.int8 else None
         if kept is not None:
-            _add_half(kept, args)
+            _add_variants(kept, args)
             return EXIT_OK
         out = Path(args.out or weights.parent)
         out.mkdir(parents=True, exist_ok=True)
@@ -261,12 +280,12 @@ def cmd_export_yolo(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ConfigError(f"cannot write the manifest beside {target} ({exc}); give --out DIR") from exc
         print(f"wrote {path} for {target}")
-        _add_half(locate_model(path), args)
+        _add_variants(locate_model(path), args)
         return EXIT_OK
     files = export_yolo(weights if weights.exists() else args.weights, Path(args.out), imgsz=args.imgsz,
                         name=args.name, check=not args.no_check)
     print(f"wrote {files.onnx_path} and {files.manifest_path}; parity: {files.manifest.parity}")
-    _add_half(files, args)
+    _add_variants(files, args)
     return EXIT_OK
 
 
@@ -275,9 +294,9 @@ def cmd_export_encoder(args: argparse.Namespace) -> int:
 
     describing = (args.mean, args.std, args.prefix_tokens, args.context) != (None, None, None, None)
     kept = (_manifest_kept(Path(args.model), args.out, args.name)
-            if args.half and args.model.endswith(".onnx") and not describing else None)
+            if (args.half or args.int8) and args.model.endswith(".onnx") and not describing else None)
     if kept is not None:
-        _add_half(kept, args)
+        _add_variants(kept, args)
         return EXIT_OK
     if args.model.endswith(".onnx"):
         from .models.describe import IMAGENET_MEAN, IMAGENET_STD
@@ -293,7 +312,7 @@ def cmd_export_encoder(args: argparse.Namespace) -> int:
     print(f"wrote {files.onnx_path} and {files.manifest_path}: grid {m.grid_hw} x {m.embed_dim}, "  # type: ignore[union-attr]
           f"{m.prefix_tokens} prefix tokens, context {m.context}"  # type: ignore[union-attr]
           + (" (RANDOM weights: for plumbing only)" if m.source.random_init else ""))
-    _add_half(files, args)
+    _add_variants(files, args)
     return EXIT_OK
 
 
@@ -384,6 +403,17 @@ def _half_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", action="append", metavar="IMAGE",
                         help="--half: an image to check the fp16 graph on (repeatable; default: Ultralytics' "
                              "bundled photos)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write NAME.int8.onnx (onnxruntime quantisation, float32 in and out), gated "
+                             "against the fp32 graph on --calibrate frames not used for calibration and recorded in "
+                             "the manifest; with an .onnx whose manifest exists, adds it to that manifest")
+    parser.add_argument("--calibrate", action="append", metavar="VIDEO|IMAGE",
+                        help="--int8: a video, image or folder of images of the kind the model will see "
+                             "(repeatable); its frames are split into calibration and held-out frames")
+    parser.add_argument("--calibration-frames", type=int, default=16, metavar="N",
+                        help="--int8: frames to calibrate the detector's activation ranges on (default 16)")
+    parser.add_argument("--heldout-frames", type=int, default=16, metavar="N",
+                        help="--int8: other frames the parity gate is checked on (default 16)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -404,11 +434,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--encoder-prefix-tokens", type=int, metavar="N", help="tokens before the patch grid")
     run.add_argument("--models", action="append", metavar="DIR", help="folder of model files (also FRAMETOK_MODELS)")
     run.add_argument("--max-batch", type=int)
-    run.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    run.add_argument("--threads", type=int, help="onnxruntime intra-op threads (split between workers)")
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="worker processes (worker.count); streams go to workers by stream id")
     run.add_argument("--providers", help="execution providers in order, e.g. tensorrt,cuda,cpu")
-    run.add_argument("--precision", choices=["auto", "fp32", "fp16"],
+    run.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"],
                      help="model graphs: auto (default) runs a model's fp16 graph (from `export --half`) on "
-                          "CUDA/TensorRT, fp32 elsewhere; fp16 on any provider (models need one); fp32 always")
+                          "CUDA/TensorRT, its int8 graph (from `export --int8`) on the CPU provider, fp32 otherwise; "
+                          "fp16 / int8 on any provider (models need one); fp32 always")
     run.add_argument("--wait-subscribers", type=int, metavar="N", help="hold packets until N subscribers")
     run.add_argument("--lossless-endpoint", metavar="ENDPOINT", help="also serve lossless subscribers here")
     run.add_argument("--hwm", type=int, help="live: messages queued per subscriber before a slow one loses them")

@@ -240,12 +240,15 @@ def export_timm_encoder(
     check: bool = True,
     half: bool = False,
     half_samples: Sequence[str | Path] | None = None,
+    int8: bool = False,
+    int8_calibrate: Sequence[str | Path] | None = None,
 ) -> ModelFiles:
     """Export timm ``model_name``'s ``forward_features`` tokens to ``out_dir/<name>.onnx`` with its manifest.
 
     Input ``image`` (N, 3, H, W), output ``tokens`` (N, T, D), dynamic batch. The manifest is written
     once torch and onnxruntime agree on a random batch (``check``). ``half`` also writes
-    ``<name>.fp16.onnx``, checked against the fp32 graph on ``half_samples`` (see :func:`add_fp16`).
+    ``<name>.fp16.onnx``, checked against the fp32 graph on ``half_samples`` (see :func:`add_fp16`); ``int8``
+    ``<name>.int8.onnx``, gated on frames of ``int8_calibrate`` (videos or images, see :func:`add_int8`).
     """
     require_modules(("torch", "timm", "onnx"), "exporting a timm encoder")
     import torch
@@ -278,6 +281,10 @@ def export_timm_encoder(
         from .half import add_fp16
 
         files = add_fp16(files, half_samples)
+    if int8:
+        from .int8 import add_int8
+
+        files = add_int8(files, int8_calibrate or [])
     return files
 
 

@@ -258,12 +258,16 @@ def export_yolo(
     check: bool = True,
     half: bool = False,
     half_samples: Sequence[str | Path] | None = None,
+    int8: bool = False,
+    int8_calibrate: Sequence[str | Path] | None = None,
 ) -> ModelFiles:
     """Export Ultralytics ``weights`` (.pt, or a model .yaml for random weights) to ``out_dir/<name>.onnx``.
 
     The ONNX has a dynamic batch axis; its manifest ``<name>.json`` is written beside it once the
     parity check (frametok's Detector against Ultralytics' own prediction) has passed. ``half`` also
-    writes ``<name>.fp16.onnx``, checked against the fp32 graph on ``half_samples`` (see :func:`add_fp16`).
+    writes ``<name>.fp16.onnx``, checked against the fp32 graph on ``half_samples`` (see :func:`add_fp16`);
+    ``int8`` writes ``<name>.int8.onnx``, calibrated and gated on frames of ``int8_calibrate`` (videos or
+    images, see :func:`add_int8`).
     """
     weights = Path(weights).expanduser()
     weights = weights.resolve() if weights.exists() else weights  # the export runs in another folder
@@ -292,4 +296,8 @@ def export_yolo(
         from .half import add_fp16
 
         files = add_fp16(files, half_samples or [sample_image or _default_sample()])
+    if int8:
+        from .int8 import add_int8
+
+        files = add_int8(files, int8_calibrate or [])
     return files
