@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, FrametokError
-from .engine import Chunk, FrameEngine, VideoJob
+from .engine import Chunk, FrameEngine, VideoJob, prepare_models
 from .indexer import Indexer, IndexOptions, IndexReport, VideoPlan, index_config
 from .store import frames_schema
 from .tracks import track_rows, write_tracks
@@ -78,8 +78,6 @@ class NodeIndexer:
     """The Ray actor of one node (or GPU): the models, loaded once, and the videos given to it."""
 
     def __init__(self, options: IndexOptions, threads: int) -> None:
-        from ..streamer.supervision.supervisor import prepare_models
-
         logging.basicConfig(level=options.log_level)
         config = index_config(options, "video.mp4", "video", 0, "/tmp", threads=threads)
         self.engine = FrameEngine(config, prepare_models(config, options.models_dirs))
@@ -220,7 +218,7 @@ class RayIndexer(Indexer):
             cpus, gpus = float(res.get("CPU", 0)), int(res.get("GPU", 0))
             node_id = node["NodeID"]
             where = NodeAffinitySchedulingStrategy(node_id, soft=False)
-            ip = node.get("NodeManagerAddress", "?")
+            ip = f"{node.get('NodeManagerAddress', '?')}/{node_id[:8]}"
             if gpus >= 1:
                 share = cpus // gpus
                 for g in range(gpus):
@@ -257,8 +255,6 @@ class RayIndexer(Indexer):
             thread.start()
 
     def _model_ids(self) -> dict[str, str]:
-        from ..streamer.supervision.supervisor import prepare_models
-
         config = index_config(self.options, "video.mp4", "video", 0, "/tmp")
         models = prepare_models(config, self.options.models_dirs)
         ids = {}
@@ -308,6 +304,8 @@ class RayIndexer(Indexer):
             except RayTaskError as exc:  # the actor is alive; this video made it fail
                 self._events.put(("failed", job, _cause(exc), actor))
             except Exception as exc:  # the actor or its node is gone
+                with contextlib.suppress(Exception):
+                    ray.kill(actor.handle)  # should it still be there, it sends nothing more
                 self._events.put(("lost", job, _cause(exc), actor))
                 return
 
@@ -541,9 +539,9 @@ class LocalCluster:
 
         sid = self.procs[i].pid
         out = []
-        for proc in psutil.process_iter(["pid"]):
+        for proc in psutil.process_iter(["pid", "status"]):
             with contextlib.suppress(psutil.Error, OSError):
-                if os.getsid(proc.pid) == sid:
+                if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getsid(proc.pid) == sid:
                     out.append(proc.pid)
         return out
 
@@ -565,13 +563,20 @@ class LocalCluster:
     def kill_node(self, i: int) -> list[int]:
         import signal
 
-        pids = self.pids(i)
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        killed: list[int] = []
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:  # again until none is left: a raylet may start a worker meanwhile
+            pids = self.pids(i)
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            killed += [p for p in pids if p not in killed]
+            time.sleep(0.1)
         with contextlib.suppress(Exception):
             self.procs[i].wait(10)
-        return pids
+        return killed
 
     def stop(self) -> None:
         for i in reversed(range(len(self.procs))):
