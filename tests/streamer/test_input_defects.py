@@ -4,6 +4,7 @@ subscriber found: a complete variable-frame-rate AVI, packed B-frames, concealed
 from __future__ import annotations
 
 import fractions
+import itertools
 import json
 import re
 from pathlib import Path
@@ -206,3 +207,66 @@ def test_damaged_images_reach_subscribers_and_the_summary(shared_media: Path, sh
     assert any("02_noise.jpg" in e for e in errors) and any("03_cut.jpg" in e for e in errors), errors
     assert isinstance(messages[-1], EndOfStream) and messages[-1].reason == "end"
     assert re.search(r"damaged input: .*\bp \(2 part", output), output
+
+
+def _vop_type(data: bytes) -> str:
+    at = data.find(b"\x00\x00\x01\xb6")  # an MPEG-4 VOP start code; the next two bits are its type
+    return "IPBS"[data[at + 4] >> 6] if at >= 0 else "?"
+
+
+def packed_bframes_avi(path: Path, frames: int = 60) -> Path:
+    """An Xvid AVI with packed B-frames, as DivX 5 and old Xvid wrote them: a P frame and the B frame after it
+    in one chunk, then a tiny N-VOP chunk (the decoder hands out the held-back frame there), and the DivX user
+    data that says so (``DivX503b1393p``)."""
+    tb = fractions.Fraction(1, 30)
+    enc = av.CodecContext.create("mpeg4", "w")
+    enc.width, enc.height, enc.pix_fmt = _W, _H, "yuv420p"
+    enc.time_base, enc.framerate = tb, 30
+    enc.max_b_frames, enc.gop_size = 2, 12
+    packets: list[bytes] = []
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(picture(i), format="rgb24")
+        frame.pts, frame.time_base = i, tb
+        packets += [bytes(p) for p in enc.encode(frame)]
+    packets += [bytes(p) for p in enc.encode(None)]
+    at = packets[0].find(b"\x00\x00\x01\xb6")
+    packets[0] = packets[0][:at] + b"\x00\x00\x01\xb2DivX503b1393p" + packets[0][at:]
+    chunks: list[bytes] = []
+    i = 0
+    while i < len(packets):
+        if _vop_type(packets[i]) in "IP" and i + 1 < len(packets) and _vop_type(packets[i + 1]) == "B":
+            chunks.append(packets[i] + packets[i + 1])
+            i += 2
+            while i < len(packets) and _vop_type(packets[i]) == "B":
+                chunks.append(packets[i])
+                i += 1
+            chunks.append(b"\x00\x00\x01\xb6\x7f\xff")  # N-VOP placeholder
+        else:
+            chunks.append(packets[i])
+            i += 1
+    with av.open(str(path), "w", format="avi") as out:
+        stream = out.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = _W, _H, "yuv420p"
+        stream.codec_context.codec_tag = "XVID"
+        for k, chunk in enumerate(chunks):
+            packet = av.Packet(chunk)
+            packet.stream, packet.pts, packet.dts, packet.time_base = stream, k, k, tb
+            packet.is_keyframe = _vop_type(chunk) == "I"
+            out.mux(packet)
+    return path
+
+
+def test_packed_bframes_have_monotonic_pts(tmp_path: Path) -> None:
+    """Defect 5: pts_s went backwards in a third of the frames (1, 2, 4, 3, 5, 7, 6, ...)."""
+    path = packed_bframes_avi(tmp_path / "packed.avi")
+    with av.open(str(path)) as c:  # what FFmpeg guesses for them
+        raw = [f.pts for f in c.decode(c.streams.video[0])]
+    assert any(b < a for a, b in itertools.pairwise(raw)), "the file does not reproduce the defect"
+    frames = list(decode_frames(str(path)))
+    assert len(frames) == 60
+    pts = [f.pts_s for f in frames]
+    assert all(p is not None for p in pts)
+    assert all(b > a for a, b in itertools.pairwise(pts)), pts  # type: ignore[operator]
+    # and the pixels are in presentation order: the square moves 3 px a frame
+    xs = [int(np.argmax(f.frame_rgb[55, :, 1] > 200)) for f in frames[:30]]
+    assert xs == sorted(xs), xs

@@ -13,11 +13,14 @@ socket, or the camera handed it over), and when it was decoded for files and ima
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import heapq
 import logging
 import re
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -431,7 +434,42 @@ def decode_frames(uri: str, timeout_s: float = 10.0, *, read_timeout_s: float | 
     if kind == "images":
         return _image_frames(uri, fps, on_damage)
     frames = _av_frames(uri, timeout_s, read_timeout_s, options, on_damage)
+    if kind == "file":
+        frames = _presentation_pts(frames)
     return _sampled(frames, start_frame, every) if start_frame or every > 1 else frames
+
+
+_PTS_WINDOW = 4  # frames held back to put the pts of a file's frames in presentation order
+
+
+def _presentation_pts(frames: Iterator[DecodedFrame], window: int = _PTS_WINDOW) -> Iterator[DecodedFrame]:
+    """Files: the decoder hands frames over in presentation order, but their pts can be out of order: an
+    AVI stores no presentation times, and with packed B-frames (DivX/Xvid "packed bitstream": a P and a B
+    frame in one chunk) FFmpeg's guess for them is a local permutation (``1, 2, 4, 3, 5, 7, 6, ...``). The pts
+    of the last ``window`` frames are sorted and handed out in order, so a file's ``pts_s`` never goes
+    backwards (a displacement of up to ``window`` frames; pts the source lacks stay None)."""
+    held: deque[DecodedFrame] = deque()
+    times: list[float] = []  # a heap of the pts of the held frames
+
+    def release() -> DecodedFrame:
+        frame = held.popleft()
+        if frame.pts_s is None or not times:
+            return frame
+        return dataclasses.replace(frame, pts_s=heapq.heappop(times))
+
+    try:
+        for frame in frames:
+            held.append(frame)
+            if frame.pts_s is not None:
+                heapq.heappush(times, frame.pts_s)
+            if len(held) > window:
+                yield release()
+        while held:
+            yield release()
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
 
 
 def _sampled(frames: Iterator[DecodedFrame], start_frame: int, every: int) -> Iterator[DecodedFrame]:
