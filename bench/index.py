@@ -8,6 +8,16 @@ into LanceDB, then per-track rows with crop embeddings). ``speed_share`` = run s
 frame rate.
 
     python bench/index.py --models ../shared/models [--video ../shared/media/vtest.avi] [--frames 300]
+
+``--ray``: ``frametok index --ray`` on a local Ray cluster of 1 node, then of 2 nodes (``ray start
+--num-cpus 1`` each, so one model thread per node), over the same ``--videos`` clips of ``--frames``
+frames each; prints frames/s of each (``fps``: the whole command; ``indexing_fps``: after the cluster is
+ready and the models are loaded), ``scaling_ratio`` = 2-node / 1-node indexing frames/s (goal >= 1.7),
+and the peak memory (RSS) of each Ray node: its raylet, its workers (the actor holding the models
+included) and the rest (GCS, agents). Ray only works on loopback inside a network namespace holding
+nothing else, so the bench re-runs itself under ``unshare --net`` (root).
+
+    python bench/index.py --ray [--videos 4 --frames 60 --models ../shared/models]
 """
 
 from __future__ import annotations
@@ -55,13 +65,94 @@ def timed(cmd: list[str]) -> float:
     return seconds
 
 
+def _in_netns() -> None:
+    """Run this script again inside a new network namespace holding only loopback (Ray stays on it)."""
+    import shlex
+
+    if os.environ.get("FRAMETOK_BENCH_NETNS") == "1":
+        return
+    inner = shlex.join([sys.executable, *sys.argv])
+    env = {**os.environ, "FRAMETOK_BENCH_NETNS": "1"}
+    rc = subprocess.run(["unshare", "--net", "sh", "-c", f"ip link set lo up && exec {inner}"], env=env).returncode
+    sys.exit(rc)
+
+
+def ray_bench(args: argparse.Namespace) -> None:
+    import re
+    import threading
+
+    sys.path.insert(0, str(ROOT))
+    from frametok.index.cluster import LocalCluster
+
+    frametok = [sys.executable, "-m", "frametok"]
+    out: dict[str, object] = {"video": Path(args.video).name, "videos": args.videos, "frames_each": args.frames}
+    with tempfile.TemporaryDirectory(prefix="ftb-", dir="/tmp") as tmp:
+        first, _ = trim_video(Path(args.video), args.frames, Path(tmp) / "clip0.mp4")
+        clips = [first]
+        for i in range(1, args.videos):  # the same frames under another name: another video to the index
+            clips.append(Path(tmp) / f"clip{i}.mp4")
+            clips[-1].write_bytes(first.read_bytes())
+        total = args.frames * args.videos
+        out["frames"] = total
+        for nodes in (1, 2):
+            with LocalCluster(nodes, 1, temp_dir=str(Path(tmp) / f"ray{nodes}")) as cluster:
+                peak = [{"raylet": 0, "workers": 0, "other": 0, "total": 0} for _ in range(nodes)]
+                done = threading.Event()
+
+                def sample(cluster: LocalCluster = cluster, peak: list[dict[str, int]] = peak,
+                           done: threading.Event = done) -> None:
+                    while not done.is_set():
+                        for i in range(len(peak)):
+                            rss = cluster.rss(i)
+                            rss["total"] = sum(rss.values())
+                            if rss["total"] > peak[i]["total"]:
+                                peak[i] = rss
+                        done.wait(0.5)
+
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                db = Path(tmp) / f"db{nodes}"
+                cmd = [*frametok, "index", *map(str, clips), "--db", str(db), "--models", args.models,
+                       "--ray", cluster.address, "--no-progress"]
+                t0 = time.monotonic()
+                result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+                wall = time.monotonic() - t0
+                done.set()
+                sampler.join()
+                if result.returncode != 0 or f"{total} frames" not in result.stdout:
+                    sys.exit(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+                line = result.stdout.strip().splitlines()[-1]
+                seconds = float(re.search(r"frames in ([0-9.]+) s", line).group(1))  # type: ignore[union-attr]
+                ready = float(re.search(r"ready in ([0-9.]+) s", line).group(1))  # type: ignore[union-attr]
+                out[f"nodes{nodes}"] = {
+                    "wall_s": round(wall, 2), "ready_s": ready, "fps": round(total / wall, 3),
+                    "indexing_fps": round(total / (seconds - ready), 3),
+                    "node_rss_mb": [{k: round(v / 2**20) for k, v in p.items()} for p in peak],
+                }
+        one, two = out["nodes1"], out["nodes2"]
+        assert isinstance(one, dict) and isinstance(two, dict)
+        out["scaling_ratio"] = round(two["indexing_fps"] / one["indexing_fps"], 3)
+        out["scaling_ratio_wall"] = round(two["fps"] / one["fps"], 3)
+        worker_node = two["node_rss_mb"][1]
+        out["ray_node_rss_mb"] = {"worker_node": worker_node, "head_node": two["node_rss_mb"][0]}
+    print(json.dumps(out))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=str(SHARED / "models"))
     parser.add_argument("--video", default=str(SHARED / "media" / "vtest.avi"))
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=1, help="alternate run/index this many times (best of)")
+    parser.add_argument("--ray", action="store_true", help="index --ray on 1 vs 2 local Ray nodes (see above)")
+    parser.add_argument("--videos", type=int, default=4, help="--ray: how many clips")
     args = parser.parse_args()
+    if args.ray:
+        if args.frames == 300:
+            args.frames = 60  # --ray: each clip
+        _in_netns()
+        ray_bench(args)
+        return
     frametok = [sys.executable, "-m", "frametok"]
     with tempfile.TemporaryDirectory(prefix="frametok-bench-index-") as tmp:
         clip, fps = trim_video(Path(args.video), args.frames, Path(tmp) / "clip.mp4")
