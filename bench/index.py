@@ -10,12 +10,13 @@ frame rate.
     python bench/index.py --models ../shared/models [--video ../shared/media/vtest.avi] [--frames 300]
 
 ``--ray``: ``frametok index --ray`` on a local Ray cluster of 1 node, then of 2 nodes (``ray start
---num-cpus 1`` each, so one model thread per node), over the same ``--videos`` clips of ``--frames``
-frames each; prints frames/s of each (``fps``: the whole command; ``indexing_fps``: after the cluster is
-ready and the models are loaded), ``scaling_ratio`` = 2-node / 1-node indexing frames/s (goal >= 1.7),
-and the peak memory (RSS) of each Ray node: its raylet, its workers (the actor holding the models
-included) and the rest (GCS, agents). Ray only works on loopback inside a network namespace holding
-nothing else, so the bench re-runs itself under ``unshare --net`` (root).
+--num-cpus 1`` each, so one model thread per node, and each node pinned to a core of its own with
+``taskset``: the decoding thread of a lone node gets no second core for free), over the same
+``--videos`` clips of ``--frames`` frames each; prints frames/s of each (``fps``: the whole command;
+``indexing_fps``: after the cluster is ready and the models are loaded), ``scaling_ratio`` = 2-node /
+1-node indexing frames/s (goal >= 1.7), and the peak memory (RSS) of each Ray node: its raylet, its
+workers (the actor holding the models included) and the rest (GCS, agents). Ray only works on loopback
+inside a network namespace holding nothing else, so the bench re-runs itself under ``unshare --net``.
 
     python bench/index.py --ray [--videos 4 --frames 60 --models ../shared/models]
 """
@@ -95,7 +96,8 @@ def ray_bench(args: argparse.Namespace) -> None:
         total = args.frames * args.videos
         out["frames"] = total
         for nodes in (1, 2):
-            with LocalCluster(nodes, 1, temp_dir=str(Path(tmp) / f"ray{nodes}")) as cluster:
+            pin = [str(i) for i in range(nodes)] if (os.cpu_count() or 1) >= nodes else None  # a core each
+            with LocalCluster(nodes, 1, temp_dir=str(Path(tmp) / f"ray{nodes}"), pin=pin) as cluster:
                 peak = [{"raylet": 0, "workers": 0, "other": 0, "total": 0} for _ in range(nodes)]
                 done = threading.Event()
 

@@ -475,15 +475,18 @@ class LocalCluster:
     """A Ray cluster of ``nodes`` nodes on this machine, on 127.0.0.1 (run it in a network namespace that
     holds only loopback: ``unshare --net``), each node a ``ray start --block`` in a session of its own.
     :meth:`kill_node` SIGKILLs every process of one node (its raylet, workers, agents); :meth:`stop`
-    every process of every node: only what this object started, never ``ray stop``."""
+    every process of every node: only what this object started, never ``ray stop``. ``pin``: a CPU list
+    per node (``taskset -c``), so that a node of ``num_cpus`` 1 really has one core."""
 
     def __init__(self, nodes: int = 2, num_cpus: int = 1, port: int = 6379, temp_dir: str | None = None,
-                 object_store_bytes: int = 100_000_000, system_config: str | None = None) -> None:
+                 object_store_bytes: int = 100_000_000, system_config: str | None = None,
+                 pin: list[str] | None = None) -> None:
         self.port = port
         self.address = f"127.0.0.1:{port}"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Any] = []
         self.temp_dir = temp_dir
+        self.pin = pin
         ray_bin = str(Path(sys.executable).with_name("ray"))
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
         common = ["--node-ip-address=127.0.0.1", "--num-cpus", str(num_cpus), "--block", "--disable-usage-stats",
@@ -506,6 +509,8 @@ class LocalCluster:
     def _spawn(self, cmd: list[str], env: dict[str, str]) -> None:
         import tempfile
 
+        if self.pin:
+            cmd = ["taskset", "-c", self.pin[len(self.procs) % len(self.pin)], *cmd]
         log_file = tempfile.TemporaryFile()  # noqa: SIM115 (open while the node runs)
         self.logs.append(log_file)
         self.procs.append(subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,

@@ -244,3 +244,16 @@ def test_record_a_lossless_stream(shared_media: Path, shared_models: Path, tmp_p
     people = index.search(["person"], limit=None)
     assert len(people) == sum(1 for r in rows if 0 in r["det_class"])
     assert np.all([h.video.endswith("#cam") for h in people])
+
+
+def test_the_runtime_does_not_import_ray() -> None:
+    """Ray (the cluster extra) is imported by `frametok index --ray` alone."""
+    import subprocess
+    import sys
+
+    code = ("import sys, frametok, frametok.cli, frametok.index, frametok.index.cluster, frametok.index.engine; "
+            "frametok.cli.build_parser().parse_args(['index', 'x.mp4', '--db', 'd', '--ray', 'auto']); "
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
