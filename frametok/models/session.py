@@ -167,11 +167,18 @@ def session_precision(session: Any) -> str:
     return _PRECISION.get(session, "fp32")
 
 
-def _provider_options(providers: Sequence[str], precision: str) -> list[Any]:
-    """TensorRT builds fp16 engines only when told (``trt_fp16_enable``)."""
-    if precision != "fp16":
-        return list(providers)
-    return [(p, {"trt_fp16_enable": True}) if p == "TensorrtExecutionProvider" else p for p in providers]
+def _provider_options(providers: Sequence[str], precision: str, device_id: int | None = None) -> list[Any]:
+    """TensorRT builds fp16 engines only when told (``trt_fp16_enable``); CUDA and TensorRT run on
+    ``device_id`` when one is given (one worker per accelerator)."""
+    out: list[Any] = []
+    for p in providers:
+        opts: dict[str, Any] = {}
+        if p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") and device_id is not None:
+            opts["device_id"] = device_id
+        if p == "TensorrtExecutionProvider" and precision == "fp16":
+            opts["trt_fp16_enable"] = True
+        out.append((p, opts) if opts else p)
+    return out
 
 
 def _check_graph(files: ModelFiles, session: Any) -> None:
@@ -198,26 +205,8 @@ def _check_graph(files: ModelFiles, session: Any) -> None:
         raise ModelError(f"{where}: graph batch is {batch}, manifest says {man.batch}")
 
 
-def create_session(
-    files: ModelFiles,
-    providers: Sequence[str] = ("tensorrt", "cuda", "cpu"),
-    threads: int = 0,
-    verify_sha256: bool = True,
-    precision: Precision = "fp32",
-    spin_wait: bool = False,
-) -> Any:
-    """An ``onnxruntime.InferenceSession`` for ``files``, checked against its manifest.
-
-    ``threads`` is onnxruntime's intra-op thread count (0: its default, one per core); ``spin_wait``
-    lets those threads spin between parallel sections (onnxruntime's default; off here, see
-    ``WorkerConfig.spin_wait``).
-    ``precision`` picks the fp32 graph or the manifest's fp16 or int8 one (:func:`choose_precision`; read
-    it back with :func:`session_precision`). Logs which graph runs, and on which execution providers.
-    """
-    import onnxruntime as ort
-
-    resolved = resolve_providers(providers)
-    chosen = choose_precision(files, precision, resolved)
+def _graph_path(files: ModelFiles, chosen: str, verify_sha256: bool) -> Path:
+    """The graph of precision ``chosen`` (see :func:`choose_precision`), its sha256 checked against the manifest."""
     onnx_path, want_sha = files.onnx_path, files.manifest.onnx_sha256
     variant, variant_path = _variant(files, chosen)
     if variant is not None and variant_path is not None:  # choose_precision checked both
@@ -229,6 +218,68 @@ def create_session(
                 f"model {onnx_path}: sha256 {digest[:12]}... does not match its manifest "
                 f"({want_sha[:12]}...); re-export it or rewrite the manifest"
             )
+    return onnx_path
+
+
+def _torch_session(files: ModelFiles, fallback: Sequence[str], threads: int, verify_sha256: bool,
+                   precision: Precision, device_id: int | None) -> Any | None:
+    """The torch provider's session for ``files`` (PyTorch on ``cuda:device_id`` when it sees a GPU, else the
+    CPU), or None to go on with ``fallback`` (the providers after ``torch``) when torch/onnx2torch is missing or
+    cannot convert the graph; without a fallback that is a ModelError. ``auto`` precision: the fp16 graph on
+    CUDA (as on onnxruntime's GPU providers), fp32 on the CPU (int8 only when asked for)."""
+    from .torch_session import TorchSession, torch_available, torch_device
+
+    what = f"{files.manifest.kind} {files.manifest.name}"
+    why = torch_available()
+    session: TorchSession | None = None
+    if why is None:  # a wrong device id, precision or sha256 is an error, not a reason to fall back
+        device = torch_device(device_id)
+        chosen = choose_precision(files, precision, ["CUDAExecutionProvider"] if device != "cpu" else [])
+        onnx_path = _graph_path(files, chosen, verify_sha256)
+        try:
+            session = TorchSession(onnx_path, device, threads)
+        except ModelError as exc:  # onnx2torch cannot convert the graph, or it does not run
+            why = str(exc)
+    if session is None:
+        if not fallback:
+            raise ModelError(f"{what}: {why}")
+        log.warning("%s: %s; falling back on providers %s", what, why, ", ".join(fallback))
+        return None
+    _check_graph(files, session)
+    _PRECISION[session] = chosen
+    log.info("%s runs its %s graph %s on %s", what, chosen, onnx_path.name, ", ".join(session.get_providers()))
+    return session
+
+
+def create_session(
+    files: ModelFiles,
+    providers: Sequence[str] = ("tensorrt", "cuda", "cpu"),
+    threads: int = 0,
+    verify_sha256: bool = True,
+    precision: Precision = "fp32",
+    spin_wait: bool = False,
+    device_id: int | None = None,
+) -> Any:
+    """An ``onnxruntime.InferenceSession`` for ``files``, checked against its manifest.
+
+    ``threads`` is onnxruntime's intra-op thread count (0: its default, one per core); ``spin_wait``
+    lets those threads spin between parallel sections (onnxruntime's default; off here, see
+    ``WorkerConfig.spin_wait``). ``device_id``: the accelerator CUDA/TensorRT run on (``worker.devices``).
+    ``providers`` starting with ``torch``: the graph runs in PyTorch (:mod:`.torch_session`; CUDA device
+    ``device_id`` when PyTorch sees one), the providers after it being the fallback.
+    ``precision`` picks the fp32 graph or the manifest's fp16 or int8 one (:func:`choose_precision`; read
+    it back with :func:`session_precision`). Logs which graph runs, and on which execution providers.
+    """
+    import onnxruntime as ort
+
+    if providers and providers[0].lower() == "torch":  # the torch provider (torch_session.py), then the rest
+        torch_session = _torch_session(files, providers[1:], threads, verify_sha256, precision, device_id)
+        if torch_session is not None:
+            return torch_session
+        providers = providers[1:]
+    resolved = resolve_providers(providers)
+    chosen = choose_precision(files, precision, resolved)
+    onnx_path = _graph_path(files, chosen, verify_sha256)
     options = ort.SessionOptions()
     if threads > 0:
         options.intra_op_num_threads = threads
@@ -236,14 +287,15 @@ def create_session(
     if not spin_wait:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        session = ort.InferenceSession(str(onnx_path), options, providers=_provider_options(resolved, chosen))
+        session = ort.InferenceSession(str(onnx_path), options,
+                                       providers=_provider_options(resolved, chosen, device_id))
     except Exception as exc:  # onnxruntime raises its own untyped errors (Fail, InvalidGraph, ...)
         raise ModelError(f"onnxruntime cannot load {onnx_path}: {exc}") from exc
     if precision == "auto" and chosen == "fp16" and session.get_providers()[0] not in _GPU_PROVIDERS:
         fallback: Precision = "int8" if _int8_ready(files) else "fp32"
         log.warning("%s %s: no GPU provider took the session (%s); loading the %s graph instead",
                     files.manifest.kind, files.manifest.name, ", ".join(session.get_providers()), fallback)
-        return create_session(files, providers, threads, verify_sha256, fallback, spin_wait)
+        return create_session(files, providers, threads, verify_sha256, fallback, spin_wait, device_id)
     _check_graph(files, session)
     _PRECISION[session] = chosen
     log.info("%s %s runs its %s graph %s on %s", files.manifest.kind, files.manifest.name, chosen, onnx_path.name,
