@@ -115,3 +115,93 @@ def test_malformed_messages_raise_protocol_error(mutate) -> None:
 def test_unknown_minor_version_and_fields_are_accepted() -> None:
     parts = _mutate_header(_wire(encode(_packet())), v=[1, 9], future_field={"x": 1})
     assert isinstance(decode(parts), TokenPacket)
+
+
+# --------------------------------------------------------------------------- the fast path vs the reference
+# decode() parses with msgspec and hands whatever it cannot vouch for to the reference decoder (every §9
+# check, in order, with its message). The fast path must never accept what the reference rejects, nor
+# decode anything differently.
+
+import dataclasses  # noqa: E402
+from typing import Any  # noqa: E402
+
+import zmq  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from frametok.packet import _decode_fast, _decode_reference, _Slow  # noqa: E402
+from tests.protocol import make_vectors  # noqa: E402
+from tests.protocol.test_fuzz import FUZZ, mutated, random_headers, valid_messages  # noqa: E402
+
+
+def _agree(parts: list[Any]) -> None:
+    try:
+        fast = _decode_fast(parts)
+    except (_Slow, Exception):
+        return  # the reference decides: decode() is the reference here
+    ref = _decode_reference(parts)  # raises if the fast path accepted what the reference rejects
+    assert type(fast) is type(ref)
+    assert make_vectors.content(fast) == make_vectors.content(ref)
+    assert set(vars(fast)) == {f.name for f in dataclasses.fields(fast)}
+    for f in dataclasses.fields(fast):
+        a, b = getattr(fast, f.name), getattr(ref, f.name)
+        if isinstance(a, np.ndarray) or dataclasses.is_dataclass(a):
+            continue  # compared through content()
+        assert a == b and type(a) is type(b), f.name
+
+
+@settings(FUZZ, max_examples=1500)
+@given(st.one_of(mutated(), random_headers(), valid_messages()))
+def test_fast_path_agrees_with_the_reference(parts: list[bytes]) -> None:
+    _agree(parts)
+    _agree([zmq.Frame(p) for p in parts])
+
+
+def _header(parts: list[bytes], text: bytes) -> list[bytes]:
+    return [parts[0], text, *parts[2:]]
+
+
+def test_fast_path_edge_cases() -> None:
+    parts = _wire(encode(_packet()))
+    head = parts[1]
+    cases = {
+        "integer as 12.0": head.replace(b'"frame":7', b'"frame":7.0'),
+        "integer as 7e0": head.replace(b'"frame":7', b'"frame":7e0'),
+        "boolean as number": head.replace(b'"dropped":2', b'"dropped":true'),
+        "NaN": head.replace(b'"pts_s":0.7', b'"pts_s":NaN'),
+        "Infinity in an unknown field": head[:-1] + b',"x":Infinity}',
+        "1e400": head.replace(b'"pts_s":0.7', b'"pts_s":1e400'),
+        "repeated kind": head[:-1] + b',"kind":"status"}',
+        "invalid UTF-8 in an unknown field": head[:-1] + b',"x":"\xff"}',
+        "byte-order mark": b"\xef\xbb\xbf" + head,
+        "over 1 MiB": head[:-1] + b" " * (1 << 20) + b"}",
+    }
+    for what, text in cases.items():
+        with pytest.raises(ProtocolError):
+            decode(_header(parts, text))
+        with pytest.raises(Exception):  # noqa: B017
+            _decode_fast(_header(parts, text))
+        assert what
+    # what the reference accepts and msgspec does not (a lone surrogate escape): decode() still accepts it
+    status = _wire(encode(StatusMessage("a", "online", "x", 5, seq=1)))
+    lone = _header(status, status[1].replace(b'"detail":"x"', b'"detail":"\\ud800"'))
+    got = decode(lone)
+    assert isinstance(got, StatusMessage) and got.detail == "\ud800"
+    # a repeated key keeps the last value, as the reference does
+    last = decode(_header(parts, head[:-1] + b',"frame":9}'))
+    assert isinstance(last, TokenPacket) and last.frame_index == 9
+
+
+@pytest.mark.parametrize("pts", [0.1, 1e16, 1e-05, 123456789.123, 2.5e-300, 7, None])
+def test_encoder_writes_what_json_writes(pts: float | None) -> None:
+    pkt = replace_pts = dataclasses.replace(_packet(), pts_s=pts)
+    head = bytes(encode(pkt)[1])
+    header = json.loads(head)
+    assert head == json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    assert replace_pts.pts_s == pts
+    for detail in ("plain", "café", "del\x7f", "ctl\x00\n\t\"\\"):
+        status = bytes(encode(StatusMessage("a", "online", detail, 5, seq=1))[1])
+        assert status == json.dumps(json.loads(status), separators=(",", ":"), allow_nan=False).encode()
+        assert status.isascii() and b"\x7f" not in status
+    with pytest.raises(ValueError):
+        encode(dataclasses.replace(_packet(), pts_s=float("nan")))
