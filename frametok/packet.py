@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, Literal, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, TypeVar
 
 import msgspec
 import numpy as np
@@ -27,6 +27,9 @@ from numpy.typing import NDArray
 
 from .errors import ProtocolError
 from .grid import GridUpdate
+
+if TYPE_CHECKING:
+    import supervision as sv
 
 __all__ = [
     "BYE",
@@ -154,6 +157,29 @@ class Detections:
     @classmethod
     def empty(cls) -> Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32))
+
+    def to_supervision(self, class_names: Sequence[str] = ()) -> sv.Detections:
+        """These detections as a ``supervision.Detections`` (to draw, filter, count with supervision).
+
+        ``xyxy``, ``confidence``, ``class_id``, ``tracker_id`` (None when no tracker ran; -1 where a box is
+        untracked, which supervision's zones and counters ignore) and ``data["class_name"]`` (from
+        ``class_names``, e.g. :meth:`StreamInfo.class_names`; the id as text where it has no name). The
+        arrays are copies (a decoded packet's are read-only views of the message). supervision is
+        imported here, not with frametok: a subscriber that does not convert does not need it.
+        """
+        import supervision as sv
+
+        class_id = self.class_id.astype(np.int64)
+        names = np.array([class_names[c] if 0 <= c < len(class_names) else str(c) for c in class_id.tolist()],
+                         dtype=str)
+        return sv.Detections(
+            xyxy=self.xyxy.astype(np.float32, copy=True),
+            mask=None,  # instance masks: set here once the models carry them (det_mask, issue 14 follow-up)
+            confidence=self.score.astype(np.float32, copy=True),
+            class_id=class_id,
+            tracker_id=None if self.track_id is None else self.track_id.astype(np.int64),
+            data={"class_name": names},
+        )
 
 
 @dataclass(frozen=True)
