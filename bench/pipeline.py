@@ -1,7 +1,8 @@
 """Pipeline throughput against the same models run directly through onnxruntime, in one run.
 
-Prints one JSON object. For each stream count (default 1, 2, 4), ``frametok run`` processes that many
-copies of the video in ``file`` mode (every frame) while a subscriber counts packets; its frames/s
+Prints one JSON object. For each stream count (default 1, 2, 4) and worker count (``--workers 1,2``; results
+keyed ``STREAMSxWORKERS`` then), ``frametok run`` processes that many copies of the video in
+``file`` mode (every frame) while a subscriber counts packets; its frames/s
 (first to last packet, start-up excluded) is compared with a hand-rolled loop over the same decoded
 frames: the same Detector/Encoder pre-processing, onnxruntime sessions, batch size and threads,
 without processes, shared memory or sockets. The raw loop runs right before and right after each
@@ -129,7 +130,9 @@ def _peak_rss(root_pid: int, peaks: dict[str, float], stop: threading.Event) -> 
             except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
                 continue
             hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0)
-            role = ("supervisor" if proc.pid == root_pid else "worker" if name == "frametok-worker"
+            role = ("supervisor" if proc.pid == root_pid
+                    else "worker" if name == "frametok-worker" or re.fullmatch(r"frametok-w\d+", name)
+                    else "hub" if name == "frametok-hub"
                     else "producer" if name.startswith("frametok-src-") else "other")
             key = f"{role}:{proc.pid}"
             peaks[key] = max(peaks.get(key, 0.0), hwm / 1024)
@@ -137,13 +140,14 @@ def _peak_rss(root_pid: int, peaks: dict[str, float], stop: threading.Event) -> 
 
 
 def pipeline_fps(video: Path, models_dir: Path, streams: int, max_batch: int, threads: int,
-                 providers: tuple[str, ...] = ("cpu",), precision: str | None = None) -> dict[str, Any]:
+                 providers: tuple[str, ...] = ("cpu",), precision: str | None = None,
+                 workers: int = 1) -> dict[str, Any]:
     from frametok import StreamInfo, Subscriber, TokenPacket
 
     endpoint = _free_endpoint()
     args = [sys.executable, "-m", "frametok", "run", "--models", str(models_dir), "--publish", endpoint,
             "--wait-subscribers", "1", "--no-progress", "--max-batch", str(max_batch), "--threads", str(threads),
-            "--providers", ",".join(providers)]
+            "--providers", ",".join(providers), "--workers", str(workers)]
     if precision is not None:
         args += ["--precision", precision]
     for i in range(streams):
@@ -184,6 +188,8 @@ def main() -> None:
     parser.add_argument("--video", type=Path, default=SHARED / "media" / "vtest.avi")
     parser.add_argument("--models", type=Path, default=SHARED / "models")
     parser.add_argument("--streams", default="1,2,4")
+    parser.add_argument("--workers", default="1", help="worker counts to run each stream count with, e.g. 1,2 "
+                        "(workers split --threads; the raw loop keeps all of them)")
     parser.add_argument("--frames", type=int, default=200, help="frames per stream (the video is trimmed)")
     parser.add_argument("--max-batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: one per core)")
@@ -197,8 +203,11 @@ def main() -> None:
         providers = tuple(args.providers.split(","))
         raws = [raw_fps(clip, args.models, args.max_batch, args.threads, providers, args.precision)]
         results: dict[str, Any] = {}
-        for count in (int(s) for s in args.streams.split(",")):
-            res = pipeline_fps(clip, args.models, count, args.max_batch, args.threads, providers, args.precision)
+        worker_counts = [int(w) for w in args.workers.split(",")]
+        runs = [(int(s), w) for s in args.streams.split(",") for w in worker_counts]
+        for count, workers in runs:
+            res = pipeline_fps(clip, args.models, count, args.max_batch, args.threads, providers, args.precision,
+                               workers)
             raws.append(raw_fps(clip, args.models, args.max_batch, args.threads, providers, args.precision))
             before, after = raws[-2], raws[-1]
             raw_mean = (before["fps"] + after["fps"]) / 2
@@ -207,8 +216,10 @@ def main() -> None:
             models_only = (before["models_only_fps"] + after["models_only_fps"]) / 2
             res["ratio_models_only"] = round(res["fps"] / models_only, 3)
             res["fps"] = round(res["fps"], 2)
-            results[str(count)] = res
-            print(f"{count} stream(s): {res['fps']:.2f} fps, raw {raw_mean:.2f}, ratio {res['ratio']}", file=sys.stderr)
+            res["workers"] = workers
+            results[str(count) if len(worker_counts) == 1 else f"{count}x{workers}"] = res
+            print(f"{count} stream(s), {workers} worker(s): {res['fps']:.2f} fps, raw {raw_mean:.2f}, "
+                  f"ratio {res['ratio']}", file=sys.stderr)
     raw: dict[str, Any] = {k: sum(r[k] for r in raws) / len(raws) if isinstance(v, float) else v
                            for k, v in raws[0].items()}
     print(json.dumps({

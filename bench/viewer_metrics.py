@@ -3,8 +3,8 @@
 Prints one JSON object. Runs ``frametok run`` once on a clip (previews on) with a lossless subscriber
 that keeps every packet, then replays those real packets in this process through:
 
-* ``WorkerMetrics.on_sent`` (what the worker's publisher calls per message with metrics on) and
-  ``WorkerMetrics.on_batch``: microseconds per packet, and that as a share of the worker's time per
+* ``RunMetrics.on_sent`` (what the worker's publisher calls per message with metrics on) and
+  ``RunMetrics.on_batch``: microseconds per packet, and that as a share of the worker's time per
   frame in the same run (first to last publish over the frames in between, from the packets' timestamps);
 * the viewer's ``Board.apply`` (token/byte accounting, preview to base64) and one snapshot as the JSON
   an SSE event carries: microseconds per packet, and the event's size.
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from frametok import Subscriber, TokenPacket  # noqa: E402
 from frametok.sdk.costs import wire_bytes  # noqa: E402
-from frametok.streamer.worker.metrics import WorkerMetrics  # noqa: E402
+from frametok.streamer.delivery.metrics import RunMetrics  # noqa: E402
 from frametok.viewer.state import Board  # noqa: E402
 
 
@@ -77,12 +77,12 @@ def main() -> None:
     publish = np.array([p.timestamps.t_publish_ns for p in packets], np.float64)
     frame_ms = float(publish[-1] - publish[0]) / (len(packets) - 1) / 1e6  # the worker's time per frame
 
-    metrics = WorkerMetrics(["clip"], 4, process_metrics=False)
+    metrics = RunMetrics(["clip"], 4, process_metrics=False)
     on_sent_us = per_call_us(lambda p: metrics.on_sent(p, sizes[id(p)], p.timestamps.t_publish_ns), packets,
                              args.repeat)
     t0 = time.perf_counter()
     for _ in range(args.repeat * len(packets)):
-        metrics.on_batch(1, 0.01, 0.02, {})
+        metrics.on_batch(0, 1, 0.01, 0.02, {}, {})
     on_batch_us = (time.perf_counter() - t0) / (args.repeat * len(packets)) * 1e6
 
     board = Board()

@@ -522,9 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     idx.add_argument("--every", type=int, default=1, metavar="N", help="index every Nth frame (default: all)")
     idx.add_argument("--flush-every", type=int, default=256, metavar="N",
                      help="commit to the index every N frames (an interrupted run resumes after the last commit)")
+    idx.add_argument("--no-progress", action="store_true", help="no progress bars")
     idx.add_argument("--ray", metavar="ADDRESS", help="index on a Ray cluster: its address (host:port), 'auto' "
                      "(the cluster this machine is in) or 'local' (start Ray here); needs the cluster extra")
-    idx.add_argument("--no-progress", action="store_true", help="no progress bars")
     idx.set_defaults(func=cmd_index)
 
     rec = sub.add_parser("record", help="write a publisher's token stream into an index")

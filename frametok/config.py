@@ -228,6 +228,31 @@ class WorkerConfig(_Frozen):
         "parity-checked int8 graph (manifest 'int8', from `export --int8`) on the CPU provider, fp32 otherwise; "
         "fp16 / int8: those graphs on any provider (refused for a model without one); fp32: always fp32",
     )
+    count: int = Field(
+        1, ge=1, le=64, description="worker processes (on CPU they split `threads`); streams are assigned to "
+        "workers by stream id: sorted, then in turn (stream i of the sorted ids to worker i mod count)",
+    )
+    devices: tuple[int, ...] | None = Field(
+        None, description="one worker per accelerator: worker i runs on device devices[i] (CUDA/TensorRT "
+        "device_id); sets count to their number",
+    )
+
+    @model_validator(mode="after")
+    def _devices_set_count(self) -> WorkerConfig:
+        if self.devices is not None:
+            if not self.devices:
+                raise ValueError("devices: expected at least one device id, got []")
+            if len(set(self.devices)) != len(self.devices) or min(self.devices) < 0:
+                raise ValueError(f"devices: expected distinct device ids >= 0, got {list(self.devices)}")
+            if self.count not in (1, len(self.devices)):
+                raise ValueError(f"count {self.count} does not match devices {list(self.devices)}: give one of them")
+            object.__setattr__(self, "count", len(self.devices))
+        return self
+
+    def threads_per_worker(self) -> int:
+        """onnxruntime threads for each worker: ``threads`` (0: the machine's cores) split between them."""
+        total = self.threads or os.cpu_count() or 1
+        return max(1, total // self.count) if self.count > 1 else self.threads
 
 
 class CurveConfig(_Frozen):
@@ -244,6 +269,13 @@ class PublisherConfig(_Frozen):
     )
     lossless_timeout_s: float = Field(
         60.0, gt=0.0, description="drop a lossless subscriber that grants no credit for this long"
+    )
+    lossless_max_subscribers: int = Field(
+        16, ge=1, description="lossless subscribers admitted at once (a HELLO beyond them is ignored until one leaves)"
+    )
+    forced_keyframe_gap: int = Field(
+        30, ge=1, description="at most one keyframe forced by live subscribers (joining, resyncing) per stream "
+        "per this many frames"
     )
     curve: CurveConfig | None = None
     wait_subscribers: int = Field(

@@ -150,6 +150,11 @@ class Tracker:
         self._byte_track.reset()
         self._id_offset = self._max_id
 
+    def continue_after(self, max_id: int) -> None:
+        """Hand out ids above ``max_id`` only (a restarted worker goes on after the ids its stream had)."""
+        self._max_id = max(self._max_id, max_id)
+        self._id_offset = max(self._id_offset, self._max_id)
+
     def update(self, dets: Detections) -> Detections:
         """The next frame's detections with ``track_id`` filled (-1 where no track claims a detection).
 

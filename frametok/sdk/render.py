@@ -93,7 +93,7 @@ def message_dict(msg: Message, class_names: Sequence[str] = ()) -> dict[str, Any
     elif isinstance(msg, EndOfStream):
         base.update(kind="eos", frames=msg.frames, reason=msg.reason, detail=msg.detail)
     elif isinstance(msg, StreamInfo):
-        base.update(kind="info", policy=msg.policy, models=dict(msg.models))
+        base.update(kind="info", policy=msg.policy, models=dict(msg.models), worker=msg.worker)
     return base
 
 

@@ -64,7 +64,7 @@ def test_one_subscriber_reads_every_stream_of_two_publishers(mode: str) -> None:
     configs = [PublisherConfig(endpoint=free_endpoint(), lossless_endpoint=free_endpoint()) for _ in range(2)]
     endpoints = [c.endpoint if mode == "live" else c.lossless_endpoint for c in configs]
     with Subscriber(endpoints, mode=mode, timeout_s=60) as sub:  # type: ignore[arg-type]
-        procs = [_start(c, s) for c, s in zip(configs, ["east", "west"])]
+        procs = [_start(c, s) for c, s in zip(configs, ["east", "west"], strict=True)]
         got = _frames(sub)
         for p in procs:
             p.join(30)
@@ -105,7 +105,7 @@ def test_subscribe_cli_reads_two_publishers() -> None:
     endpoints = [str(c.lossless_endpoint) for c in configs]
     cmd = [sys.executable, "-m", "frametok", "subscribe", *endpoints, "--lossless", "--json", "--timeout", "60"]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as cli:
-        procs = [_start(c, s) for c, s in zip(configs, ["east", "west"])]
+        procs = [_start(c, s) for c, s in zip(configs, ["east", "west"], strict=True)]
         out, err = cli.communicate(timeout=120)
     for p in procs:
         p.join(30)

@@ -65,7 +65,7 @@ def test_health_state_and_server() -> None:
         code, streams = _get(server.port, "/streams")
         assert code == 200
         assert streams["a"] == {"state": "online", "detail": "96x64", "packets": 7, "dropped": 0, "ended": False,
-                                "reason": None, "restarts": 1}
+                                "reason": None, "restarts": 1, "worker": "worker"}
         assert streams["b"]["ended"] is True and streams["b"]["reason"] == "error"
         alive[0] = False
         code, body = _get(server.port, "/healthz")

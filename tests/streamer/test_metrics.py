@@ -99,10 +99,10 @@ def test_frame_counters_match_the_packets_sent(shared_media: Path, shared_models
     assert value(final, "frametok_stage_latency_seconds_count", stage="total") == 30
     assert value(final, "frametok_stage_latency_seconds_count", stage="infer") == 30
     assert value(final, "frametok_stream_state", frametok_stream_state="ended") == 1
-    batches = final[("frametok_worker_batch_size_count", ())]
-    assert final[("frametok_worker_batch_size_sum", ())] == 30 and 30 / 4 <= batches <= 30
-    assert final[("frametok_worker_model_seconds_count", (("model", "detector"),))] == batches
-    assert final[("frametok_worker_model_seconds_count", (("model", "encoder"),))] == batches
+    batches = final[("frametok_worker_batch_size_count", (("worker", "0"),))]
+    assert final[("frametok_worker_batch_size_sum", (("worker", "0"),))] == 30 and 30 / 4 <= batches <= 30
+    assert final[("frametok_worker_model_seconds_count", (("model", "detector"), ("worker", "0")))] == batches
+    assert final[("frametok_worker_model_seconds_count", (("model", "encoder"), ("worker", "0")))] == batches
     assert value(final, "frametok_bytes_sent_total") > 0
 
 

@@ -1,4 +1,5 @@
-"""Delivery stage: the publisher (live PUB/SUB, the lossless ROUTER with credit), CURVE, endpoint checks.
+"""Delivery stage: the run's publisher process (the hub: live PUB/SUB and the lossless ROUTER with credit,
+for every worker), the worker's feed into it, CURVE, endpoint checks and the run's Prometheus metrics.
 
-Imports the wire format, the config and the errors; nothing else of the pipeline.
+Imports ``ipc``, the wire format, the config and the errors; nothing else of the pipeline.
 """

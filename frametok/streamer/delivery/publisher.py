@@ -5,7 +5,10 @@
   stream's info message to a new subscriber so that late joiners learn class names and grids at once.
   A slow live subscriber loses messages (its high-water mark), never slowing anyone else.
 * lossless: an optional ROUTER socket at ``lossless_endpoint`` with credit-based flow control
-  (see :mod:`.lossless`): a slow lossless subscriber back-pressures the pipeline instead.
+  (see :mod:`.lossless`): a slow lossless subscriber back-pressures the pipeline instead. A lossless
+  joiner's (or KEY's) first grid goes to it alone (the frame's whole-grid variant, same ``seq``).
+* order: what a subscriber asks for (an info for a joiner) is answered only once the message being sent
+  reached everyone, so that every subscriber sees each stream's ``seq`` go up by one.
 * CURVE: with ``curve`` configured, both sockets encrypt and admit only authorized subscribers.
 """
 
@@ -19,7 +22,7 @@ import zmq
 
 from ...config import PublisherConfig
 from ...errors import PipelineError
-from ...packet import Message, StreamInfo, encode, topic_for
+from ...packet import Message, StreamInfo, TokenPacket, encode, topic_for
 from .lossless import LosslessRouter
 from .security import server_curve, start_authenticator
 
@@ -44,7 +47,9 @@ class Publisher:
         self.infos = dict(infos)
         self.subscriptions = 0
         self._seq: dict[str, int] = {}
-        self.join_hooks: list[Callable[[Sequence[bytes]], None]] = []  # called with the topic prefixes joined
+        # called with the topic prefixes a live subscriber joined (or resubscribed to: it wants a keyframe)
+        self.join_hooks: list[Callable[[Sequence[bytes]], None]] = []
+        self._answering = False
         self.sent_hooks: list[Callable[[Message, int, int], None]] = []  # (message, bytes, t_publish_ns)
         self.sent = 0
         self.bytes_sent = 0
@@ -65,15 +70,16 @@ class Publisher:
             if config.curve:
                 server_curve(router, config.curve.secret_key)
             _bind(router, config.lossless_endpoint)
-            self.lossless = LosslessRouter(router, config.lossless_timeout_s, self._on_join)
+            self.lossless = LosslessRouter(router, config.lossless_timeout_s, config.lossless_max_subscribers)
 
     @property
     def subscribers(self) -> int:
         """Live subscriptions plus lossless subscribers."""
         return self.subscriptions + (len(self.lossless.peers) if self.lossless else 0)
 
-    def publish(self, message: Message) -> int:
-        """Send ``message``; returns its lossless message id (-1 without a lossless endpoint)."""
+    def publish(self, message: Message, whole_grid: Callable[[], TokenPacket] | None = None) -> int:
+        """Send ``message``; returns its lossless message id (-1 without a lossless endpoint). ``whole_grid``
+        makes the same frame with its grid whole (a key), for lossless subscribers out of sync."""
         seq = self._seq.get(message.stream_id, 0)
         self._seq[message.stream_id] = seq + 1
         t_publish_ns = time.time_ns()
@@ -81,13 +87,31 @@ class Publisher:
         self.socket.send_multipart(frames, copy=False)
         message_id = -1
         if self.lossless is not None:
-            message_id = self.lossless.send(frames[0], frames)  # type: ignore[arg-type]
+            update = message.grid_update if isinstance(message, TokenPacket) else None
+            key_frames = None
+            if update is not None and whole_grid is not None:
+                def key_frames() -> list[Any]:
+                    return encode(whole_grid(), seq, t_publish_ns)  # type: ignore[return-value]
+            message_id = self.lossless.send(frames[0], frames, update.kind if update is not None else None,  # type: ignore[arg-type]
+                                            key_frames)
         self.sent += 1
         nbytes = sum(len(f) if isinstance(f, bytes) else f.nbytes for f in frames)
         self.bytes_sent += nbytes
         for hook in self.sent_hooks:
             hook(message, nbytes, t_publish_ns)
+        self._answer_joins()
         return message_id
+
+    def _answer_joins(self) -> None:
+        """Send the info lossless joiners wait for, now that no message is half sent."""
+        if self.lossless is None or self._answering:
+            return
+        self._answering = True
+        try:
+            while self.lossless.joins:
+                self._send_infos(self.lossless.joins.pop(0))
+        finally:
+            self._answering = False
 
     def poll_subscriptions(self, timeout_ms: int = 0) -> int:
         """Handle (un)subscriptions and lossless control messages waiting; returns how many."""
@@ -102,14 +126,19 @@ class Publisher:
                 self.subscriptions = max(0, self.subscriptions - 1)
         if self.lossless is not None:
             handled += self.lossless.poll(0)
+            self._answer_joins()
         return handled
 
-    def _on_join(self, prefixes: Sequence[bytes]) -> None:
-        """A subscriber joined (or asked to resync): send it the streams' info, tell the hooks."""
+    def _send_infos(self, prefixes: Sequence[bytes]) -> None:
         for stream_id, info in self.infos.items():
             topic = topic_for(stream_id)
             if any(topic.startswith(p) for p in prefixes):
                 self.publish(info)
+
+    def _on_join(self, prefixes: Sequence[bytes]) -> None:
+        """A live subscriber joined (or asked to resync): send the streams' info, tell the hooks (a PUB
+        socket cannot send to one subscriber: its keyframe goes to everyone)."""
+        self._send_infos(prefixes)
         for hook in self.join_hooks:
             hook(prefixes)
 

@@ -51,6 +51,8 @@ class RunContext:
     frames_endpoint: str
     events_endpoint: str
     shm_prefix: str
+    hub_endpoint: str = ""  # workers -> the run's publisher process
+    workers: int = 1  # worker processes in the run
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Supervision: start the run's processes, watch and restart them, health endpoints, progress, the summary.
+"""Supervision: start the run's processes (hub, workers, producers), assign streams to workers, watch and
+restart them, health endpoints, progress, the summary.
 
-Imports every stage (it starts them) and ``models`` (to check them before anything starts).
+Imports every stage (it starts them) and the registry (to check models before anything starts).
 """

@@ -34,6 +34,8 @@ class HealthState:
         self.started = time.time()
         self._tick = time.monotonic()
         self.worker_alive: Callable[[], bool] = lambda: False
+        self.workers: Callable[[], dict[str, bool]] = dict  # worker name -> alive
+        self.worker_of: dict[str, str] = {}  # stream -> the name of the worker serving it
         self.restarts: dict[str, int] = {}
         self.streams: dict[str, dict[str, Any]] = {
             sid: {"state": "starting", "detail": "", "packets": 0, "dropped": 0, "ended": False, "reason": None,
@@ -49,7 +51,7 @@ class HealthState:
         with self._lock:
             self.restarts[process] = self.restarts.get(process, 0) + 1
             for sid, st in self.streams.items():
-                if process in (sid, "worker"):
+                if process in (sid, self.worker_of.get(sid, "worker")):
                     st["restarts"] += 1
 
     def on_event(self, ev: EventNotice) -> None:
@@ -76,12 +78,13 @@ class HealthState:
         ok = loop_ok and worker_ok
         body = {"status": "ok" if ok else "unhealthy", "supervisor": "alive" if loop_ok else "stuck",
                 "worker": "alive" if worker_ok else "down", "uptime_s": round(time.time() - self.started, 1),
-                "restarts": dict(self.restarts)}
+                "restarts": dict(self.restarts),
+                "workers": {name: "alive" if alive else "down" for name, alive in self.workers().items()}}
         return (200 if ok else 503), body
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {sid: dict(st) for sid, st in self.streams.items()}
+            return {sid: {**st, "worker": self.worker_of.get(sid, "worker")} for sid, st in self.streams.items()}
 
 
 class _Handler(BaseHTTPRequestHandler):

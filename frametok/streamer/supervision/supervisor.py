@@ -56,11 +56,14 @@ class RunSummary:
     model_time_s: float = 0.0
     active_s: float = 0.0  # the worker's time from its first frame to its last packet
     batches: int = 0
+    workers: int = 0  # worker processes that reported their work (their model time is summed)
+    worker_frames: dict[str, int] = field(default_factory=dict)  # worker -> frames it ran through the models
 
     @property
     def model_busy(self) -> float:
-        """Share of the worker's active time spent in the models (1.0: the models never waited)."""
-        return min(1.0, self.model_time_s / self.active_s) if self.active_s > 0 else 0.0
+        """Share of the workers' active time spent in the models (1.0: the models never waited)."""
+        span = self.active_s * max(1, self.workers)
+        return min(1.0, self.model_time_s / span) if span > 0 else 0.0
 
     @property
     def total_packets(self) -> int:
@@ -77,6 +80,8 @@ class RunSummary:
         )
         if self.batches:
             text += f"; models busy {100 * self.model_busy:.0f}% (mean batch {self.total_packets / self.batches:.1f})"
+        if len(self.worker_frames) > 1:
+            text += "; workers: " + ", ".join(f"{w} {n}" for w, n in sorted(self.worker_frames.items()))
         if self.stopped:
             text += "; stopped early"
         if self.restarts:
@@ -187,7 +192,8 @@ def _run_context() -> Iterator[RunContext]:
     rundir = tempfile.mkdtemp(prefix=f"frametok-{run_id}-")
     shm_prefix = f"frametok-{run_id}-"
     try:
-        yield RunContext(run_id, f"ipc://{rundir}/frames", f"ipc://{rundir}/events", shm_prefix)
+        yield RunContext(run_id, f"ipc://{rundir}/frames", f"ipc://{rundir}/events", shm_prefix,
+                         hub_endpoint=f"ipc://{rundir}/hub")
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
         for leftover in glob.glob(f"/dev/shm/{shm_prefix}*"):
@@ -270,11 +276,16 @@ def run_pipeline(
         try:
             watch.start()
             watch.follow()
+            if not stop.is_set():
+                watch.finish_hub()  # every stream ended: the hub gives lossless subscribers what is left
         finally:
             summary.stopped = stop.is_set()  # set by a signal, not (yet) by our own shutdown
             summary.restarts = dict(watch.restarts)
             watch.close()
-            _shutdown(processes, stop)
+            hub = [p for p in processes if p is watch.hub]
+            _shutdown([p for p in processes if p is not watch.hub], stop)  # workers and producers first
+            watch.finish_hub(_STOP_GRACE_S)  # then the hub, which has what they sent
+            _shutdown(hub, stop)
             _drain(events, summary, on_event)
             events.close(0)
             zctx.term()
@@ -294,15 +305,18 @@ def _apply(ev: EventNotice, summary: RunSummary) -> None:
             summary.errors[ev.source] = str(data.get("detail", "error"))
         if int(data.get("damaged", 0)):
             summary.damaged[ev.source] = int(data["damaged"])
-    elif ev.event == "done":
+    elif ev.event == "done" and ev.source == "hub":  # what was published, counted where it was
         summary.packets.update({k: int(v) for k, v in data.get("packets", {}).items()})
+        summary.bytes_sent = int(data.get("bytes_sent", 0))
+    elif ev.event == "done":  # a worker: its share of the model time
         for sid, dropped in data.get("dropped", {}).items():  # what the worker last heard, for producers
             summary.dropped[sid] = max(summary.dropped.get(sid, 0), int(dropped))  # that could not report
-        summary.bytes_sent = int(data.get("bytes_sent", 0))
-        summary.model_time_s = float(data.get("model_time_s", 0.0))
-        summary.active_s = float(data.get("active_s", 0.0))
-        summary.batches = int(data.get("batches", 0))
-    elif ev.event == "progress":
+        summary.model_time_s += float(data.get("model_time_s", 0.0))
+        summary.active_s = max(summary.active_s, float(data.get("active_s", 0.0)))
+        summary.batches += int(data.get("batches", 0))
+        summary.workers += 1
+        summary.worker_frames[ev.source] = summary.worker_frames.get(ev.source, 0) + int(data.get("frames", 0))
+    elif ev.event == "progress" and ev.source == "hub":
         summary.packets.update({k: int(v) for k, v in data.get("streams", {}).items()})
 
 

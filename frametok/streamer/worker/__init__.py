@@ -1,6 +1,8 @@
-"""Worker stage: gather frames from the rings into batches, run the models, turn outputs into packets.
+"""Worker stage: gather frames from the rings into batches, run the models, turn outputs into packets for
+the hub.
 
-Gathering and admission (``gather``), the model lane (``lane``), per-stream soft-token and tracker
-state (``tokens``, ``streams``), the publish path (``emit``), queries, previews and the worker's
-Prometheus endpoint. Imports ``ipc``, ``delivery`` (it publishes), ``models`` and the wire format.
+Model loading (``models``), per-stream state (``streams``), notice intake (``intake``), gathering and
+admission (``gather``), the model lane (``lane``), the publish path (``emit``), soft tokens, queries and
+previews; ``process`` runs them. Imports ``ipc``, ``delivery`` (its feed into the hub), ``models`` and the
+wire format.
 """

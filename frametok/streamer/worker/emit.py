@@ -3,17 +3,19 @@ publish one packet per frame in order, release ring slots once their packets are
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ...grid import GridUpdate
 from ...packet import Detections, EndOfStream, Timestamps, TokenPacket
-from ..delivery.publisher import Publisher
+from ..delivery.feed import HubFeed
 from ..ipc.notices import EndNotice, FrameNotice
 from ..ipc.ring import FrameRing
 from .lane import Batch, Inference
-from .metrics import WorkerMetrics
 from .models import LoadedModels
 from .streams import StreamState
 from .tokens import SoftTokens
@@ -24,9 +26,10 @@ __all__ = ["Emitter"]
 class Emitter:
     """Turns finished batches into packets; counts batches, frames and model time for the summary."""
 
-    def __init__(self, models: LoadedModels, streams: dict[str, StreamState], publisher: Publisher,
-                 metrics: WorkerMetrics | None, event: Callable[..., None]) -> None:
-        self.models, self.streams, self.publisher, self.metrics = models, streams, publisher, metrics
+    def __init__(self, models: LoadedModels, streams: dict[str, StreamState], publisher: HubFeed,
+                 on_batch: Callable[[int, float | None, float | None], None] | None,
+                 event: Callable[..., None]) -> None:
+        self.models, self.streams, self.publisher, self.on_batch = models, streams, publisher, on_batch
         self.event = event
         self.undelivered: deque[tuple[int, FrameRing, int, int]] = deque()  # (message id, ring, slot, seq)
         self.batches = 0
@@ -36,6 +39,30 @@ class Emitter:
         self.active_until = 0.0  # monotonic: the last batch of frames was published
         # image folders that are not a sequence: every image its own scene, so no track crosses images
         self.scene_per_frame = frozenset(s.id for s in models.config.sources if s.kind == "images" and not s.sequence)
+        # keyframes live subscribers asked for, coalesced: at most one per stream per ``key_gap`` grid updates
+        self.key_gap = publisher.config.forced_keyframe_gap
+        self._keys_wanted: set[str] = set()
+        self._since_key: dict[str, int] = {}  # grid updates since the stream's last key
+        self.forced_keys = 0
+
+    def want_keyframe(self, stream_id: str) -> None:
+        """A live subscriber joined or lost sync: a keyframe for everyone, as soon as the gap allows."""
+        self._keys_wanted.add(stream_id)
+
+    def _force_key_if_due(self, stream_id: str, st: StreamState) -> None:
+        if (stream_id in self._keys_wanted and st.soft is not None
+                and self._since_key.get(stream_id, self.key_gap) + 1 >= self.key_gap):
+            self._keys_wanted.discard(stream_id)
+            st.soft.request_keyframe()
+            self.forced_keys += 1
+
+    def _whole_grid(self, packet: TokenPacket, st: StreamState) -> TokenPacket:
+        """``packet`` with its grid whole: the reference grid after its update (what in-sync subscribers hold)."""
+        update = packet.grid_update
+        comp = st.soft.compressor if st.soft is not None else None
+        assert update is not None and comp is not None and comp.reference is not None
+        whole = GridUpdate("key", update.n, update.grid_hw, values=comp.reference.copy(), reason="join")
+        return dataclasses.replace(packet, grid_update=whole)
 
     def mark_active(self) -> None:
         if self.active_since is None:
@@ -65,21 +92,22 @@ class Emitter:
         dets = self._detections(batch, out)
         enc = out.encoded
         self.model_time_s += out.detector_s + out.encoder_s
-        if self.metrics is not None:
-            self.metrics.on_batch(n, out.detector_s if self.models.detector is not None else None,
-                                  out.encoder_s if enc is not None else None, self.streams)
+        if self.on_batch is not None:
+            self.on_batch(n, out.detector_s if self.models.detector is not None else None,
+                          out.encoder_s if enc is not None else None)
         t_infer = time.time_ns()
         for i, item in enumerate(batch.frames):
             notice = item.notice
             st = self.streams[notice.stream_id]
             soft = SoftTokens()
             if st.soft is not None:
+                self._force_key_if_due(notice.stream_id, st)
                 if item.encoder_row >= 0 and enc is not None:
                     soft = st.soft.encoded(enc.context[item.encoder_row], enc.patches[item.encoder_row])
                 else:
                     soft = st.soft.skip()
             h, w = item.ring.spec.shape_hwc[:2]
-            message_id = self.publisher.publish(TokenPacket(
+            packet = TokenPacket(
                 stream_id=notice.stream_id,
                 frame_index=notice.frame_index,
                 pts_s=notice.pts_s,
@@ -97,7 +125,13 @@ class Emitter:
                 query_scores=soft.query_scores,
                 preview_jpeg=item.preview_jpeg,
                 damaged=notice.damaged,
-            ))
+            )
+            update = soft.grid_update
+            if update is not None:
+                self._since_key[notice.stream_id] = 0 if update.kind == "key" else self._since_key.get(
+                    notice.stream_id, 0) + 1
+            message_id = self.publisher.publish(
+                packet, functools.partial(self._whole_grid, packet, st) if update is not None else None)
             self._release_when_delivered(item.ring, notice, message_id)
             st.published += 1
             st.last_frame = notice.frame_index
@@ -116,22 +150,14 @@ class Emitter:
                        detail=end.detail)
 
     def _release_when_delivered(self, ring: FrameRing, notice: FrameNotice, message_id: int) -> None:
-        """A frame's ring slot goes back to the producer once its packet is delivered: at once for live
-        subscribers, once every lossless subscriber took it (credited it back) otherwise. So a frame still in
-        the ring may not have reached a lossless subscriber, and is redone by the next worker should this one
-        die (one that did reach it is then not yielded twice by the subscriber)."""
-        if ring.closed:  # replaced meanwhile (the producer retired or lost it)
-            return
-        if message_id < 0 or self.publisher.lossless is None or not self.publisher.lossless.peers:
-            ring.release(notice.slot, notice.seq)
-        else:
+        """A frame's ring slot goes back to the producer once the hub holds its packet (acked). A frame still
+        in the ring may not have reached the hub, and is redone by the next worker should this one die (the
+        hub does not publish twice one that did reach it)."""
+        if not ring.closed:  # else replaced meanwhile (the producer retired or lost it)
             self.undelivered.append((message_id, ring, notice.slot, notice.seq))
 
     def release_delivered(self) -> None:
-        lossless = self.publisher.lossless
-        if lossless is None:
-            return
-        below = lossless.acked_below()
+        below = self.publisher.acked_below()
         while self.undelivered and self.undelivered[0][0] < below:
             _, ring, slot, seq = self.undelivered.popleft()
             if not ring.closed:  # a ring replaced meanwhile (the producer retired or lost it)

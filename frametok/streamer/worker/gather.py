@@ -16,7 +16,7 @@ from typing import Any
 import zmq
 
 from ...config import Config
-from ..delivery.publisher import Publisher
+from ..delivery.feed import HubFeed
 from ..ipc.notices import FrameNotice
 from .emit import Emitter
 from .intake import Intake
@@ -32,7 +32,7 @@ class Gatherer:
     """Owns the worker's frame socket: reads producers' notices and fills batches for the model lane."""
 
     def __init__(self, config: Config, ctx: zmq.Context[Any], frames_endpoint: str, models: LoadedModels,
-                 streams: dict[str, StreamState], resuming: set[str], lane: ModelLane, publisher: Publisher,
+                 streams: dict[str, StreamState], resuming: set[str], lane: ModelLane, publisher: HubFeed,
                  emitter: Emitter, stop: Event, progress: Callable[[], None], event: Callable[..., None]) -> None:
         self.config, self.models, self.streams, self.lane = config, models, streams, lane
         self.publisher, self.emitter, self.stop, self.progress = publisher, emitter, stop, progress
@@ -122,7 +122,7 @@ class Gatherer:
                 if batch.frames and deadline is None:
                     deadline = time.monotonic() + wc.max_wait_ms / 1000.0
             elif not ready and deadline is None:
-                self.publisher.poll_subscriptions()
+                self.publisher.poll()
                 self.emitter.release_delivered()
                 self.progress()  # also the supervisor's heartbeat while idle
         return batch
@@ -132,6 +132,9 @@ class Gatherer:
         st = self.streams[notice.stream_id]
         st.dropped = notice.dropped
         ring = st.ring
+        if ring is not None and notice.frame_index <= st.last_frame:
+            ring.release(notice.slot, notice.seq)  # published already (by a worker that died since)
+            return
         version = ring.claim(notice.slot, notice.seq) if ring is not None else None
         if ring is None or version is None:
             st.discarded += 1  # overwritten by a newer frame (live policy)

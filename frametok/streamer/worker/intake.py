@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...packet import STATUS_STATES, StatusMessage
-from ..delivery.publisher import Publisher
+from ..delivery.feed import HubFeed
 from ..ipc.notices import EndNotice, FrameNotice, LostNotice, OpenNotice, ResumeNotice, StatusNotice
 from ..ipc.ring import FrameRing
 from .lane import Batch
@@ -25,7 +25,7 @@ _TRACK_RESET_STATES = frozenset({"reconnecting", "offline"})
 class Intake:
     """Applies notices to the streams' state; ``load`` pre-processes a frame into a batch."""
 
-    def __init__(self, streams: dict[str, StreamState], resuming: set[str], publisher: Publisher,
+    def __init__(self, streams: dict[str, StreamState], resuming: set[str], publisher: HubFeed,
                  load: Callable[[FrameNotice, Batch], None], event: Callable[..., None]) -> None:
         self.streams, self.resuming, self.publisher = streams, resuming, publisher
         self.load, self.event = load, event

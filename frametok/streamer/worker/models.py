@@ -51,19 +51,20 @@ class LoadedModels:
             raise ConfigError(f"detector.tracker: {exc}") from exc
 
 
-def load_models(config: Config, models: Models) -> LoadedModels:
-    """Open the sessions of ``models`` as the config's worker section says (providers, threads, precision)."""
+def load_models(config: Config, models: Models, device: int | None = None) -> LoadedModels:
+    """Open the sessions of ``models`` as the config's worker section says (providers, threads, precision),
+    on accelerator ``device`` when one is given."""
     wc = config.worker
     loaded = LoadedModels(config)
     if models.detector is not None and config.detector is not None:
         dc = config.detector
         session = create_session(models.detector, wc.providers, wc.threads, precision=wc.precision,
-                                 spin_wait=wc.spin_wait)
+                                 spin_wait=wc.spin_wait, device_id=device)
         loaded.detector = Detector(models.detector.manifest, session,  # type: ignore[arg-type]
                                    dc.conf_threshold, dc.iou_threshold, dc.max_det)
     if models.encoder is not None and config.encoder is not None:
         session = create_session(models.encoder, wc.providers, wc.threads, precision=wc.precision,
-                                 spin_wait=wc.spin_wait)
+                                 spin_wait=wc.spin_wait, device_id=device)
         loaded.encoder = Encoder(models.encoder.manifest, session)  # type: ignore[arg-type]
         if config.encoder.queries:
             loaded.queries = build_query_bank(config.encoder.queries, loaded.encoder)

@@ -1,10 +1,10 @@
-"""Prometheus metrics of a run, kept and served by the worker process (where the numbers are).
+"""Prometheus metrics of a run, kept and served by its publisher process (the hub), one endpoint per run.
 
 Per stream: frame packets, messages by kind, bytes and tokens sent (and what they would have been
 without cross-frame compression), producer drops, frames discarded, fps, stage latencies from the
 packet timestamps, the depth of the source's shared-memory ring, and the source's state. Per
-worker: batch sizes and model times. The publisher reports every message it sent
-(:meth:`WorkerMetrics.on_sent`); the worker reports every batch (:meth:`WorkerMetrics.on_batch`).
+worker (label ``worker``): batch sizes and model times. The publisher reports every message it sent
+(:meth:`RunMetrics.on_sent`); each worker reports every batch (:meth:`RunMetrics.on_batch`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, ProcessCollector, start_http_server
 
@@ -20,9 +19,8 @@ from ...config import MetricsConfig
 from ...errors import PipelineError
 from ...packet import STATUS_STATES, EndOfStream, Message, StatusMessage, StreamInfo, TokenPacket
 from ...sdk.costs import packet_cost
-from ..ipc.ring import FrameRing
 
-__all__ = ["MetricsServer", "WorkerMetrics", "serve_metrics"]
+__all__ = ["MetricsServer", "RunMetrics", "serve_metrics"]
 
 _FPS_WINDOW_S = 2.0
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -31,15 +29,8 @@ STREAM_STATES: tuple[str, ...] = (*STATUS_STATES, "ended")
 _KINDS = {TokenPacket: "frame", StatusMessage: "status", EndOfStream: "eos", StreamInfo: "info"}
 
 
-class StreamView(Protocol):
-    """What the worker knows of a stream that the metrics read: its ring and its discarded frames."""
-
-    ring: FrameRing | None
-    discarded: int
-
-
-class WorkerMetrics:
-    """The metrics of one worker process, in their own registry."""
+class RunMetrics:
+    """The metrics of a run, in their own registry."""
 
     def __init__(self, stream_ids: Iterable[str], max_batch: int = 4, registry: CollectorRegistry | None = None,
                  process_metrics: bool = True) -> None:
@@ -77,10 +68,10 @@ class WorkerMetrics:
                            registry=r)
         self.state = Enum("frametok_stream_state", "The source's state", s, states=list(STREAM_STATES),
                           registry=r)
-        self.batch = Histogram("frametok_worker_batch_size", "Frames per model call",
+        self.batch = Histogram("frametok_worker_batch_size", "Frames per model call", ["worker"],
                                buckets=tuple(float(b) for b in range(1, max(1, max_batch) + 1)), registry=r)
         self.model = Histogram("frametok_worker_model_seconds", "Model time per batch (detector: inference, "
-                               "post-processing and tracking; encoder: inference)", ["model"],
+                               "post-processing and tracking; encoder: inference)", ["worker", "model"],
                                buckets=_MODEL_BUCKETS, registry=r)
         self._times: dict[str, deque[float]] = {}
         self._dropped: dict[str, int] = {}
@@ -148,23 +139,28 @@ class WorkerMetrics:
         if len(times) >= 2 and times[-1] > times[0]:
             self.fps.labels(sid).set((len(times) - 1) / (times[-1] - times[0]))
 
-    def on_batch(self, frames: int, detector_s: float | None, encoder_s: float | None,
-                 streams: Mapping[str, StreamView]) -> None:
-        """A batch of ``frames`` went through the models; also samples queue depths and discards."""
+    def on_batch(self, worker: int, frames: int, detector_s: float | None, encoder_s: float | None,
+                 queues: Mapping[str, int], discarded: Mapping[str, int]) -> None:
+        """Worker ``worker`` ran a batch of ``frames``; ``queues``: frames waiting in its streams' rings,
+        ``discarded``: frames overwritten while it read them (cumulative, per stream)."""
+        w = str(worker)
         if frames:
-            self.batch.observe(frames)
+            self.batch.labels(w).observe(frames)
             if detector_s is not None:
-                self.model.labels("detector").observe(detector_s)
+                self.model.labels(w, "detector").observe(detector_s)
             if encoder_s is not None:
-                self.model.labels("encoder").observe(encoder_s)
-        for sid, st in streams.items():
+                self.model.labels(w, "encoder").observe(encoder_s)
+        for sid, depth in queues.items():
             if sid not in self._times:
                 self._init_stream(sid)
-            self.queue.labels(sid).set(st.ring.pending() if st.ring is not None else 0)
-            grew = st.discarded - self._discarded[sid]
+            self.queue.labels(sid).set(depth)
+        for sid, count in discarded.items():
+            if sid not in self._times:
+                self._init_stream(sid)
+            grew = count - self._discarded[sid]
             if grew > 0:
                 self.discarded.labels(sid).inc(grew)
-            self._discarded[sid] = st.discarded
+            self._discarded[sid] = count
 
 
 class MetricsServer:
@@ -188,9 +184,9 @@ class MetricsServer:
         self._thread.join(2.0)
 
 
-def serve_metrics(config: MetricsConfig, stream_ids: Iterable[str], max_batch: int) -> tuple[WorkerMetrics,
+def serve_metrics(config: MetricsConfig, stream_ids: Iterable[str], max_batch: int) -> tuple[RunMetrics,
                                                                                                MetricsServer]:
-    """A worker's metrics and their endpoint, as configured."""
-    metrics = WorkerMetrics(stream_ids, max_batch)
+    """A run's metrics and their endpoint, as configured."""
+    metrics = RunMetrics(stream_ids, max_batch)
     return metrics, MetricsServer(metrics.registry, config.host, config.port)
 
