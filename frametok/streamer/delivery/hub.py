@@ -152,10 +152,9 @@ class Hub:
         for sid in ids:
             self.owners[sid] = identity
         self._to_worker(identity, STATE, pickle.dumps(self.streams.state(ids)))
-        for info in hello.infos.values():
+        for info in hello.infos.values():  # also while holding: subscribers already here learn the stream
             self.publisher.infos[info.stream_id] = info
-            if not self.holding:
-                self.publisher.publish(info)
+            self.publisher.publish(info)
 
     def _publish(self, identity: bytes, local_id: int, message: Message) -> None:
         out = self.streams.admit(message)
