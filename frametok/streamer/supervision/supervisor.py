@@ -31,6 +31,7 @@ from ..ipc.notices import EventNotice, RunContext
 from ..source.decode import IMAGE_SUFFIXES, check_camera, image_files, probe_source
 from ..worker.models import Models
 from .health import HealthServer, HealthState
+from .sweep import RunLock, sweep_dead_runs
 from .watch import RunWatch
 
 __all__ = ["RunSummary", "check_endpoints", "prepare_models", "prepare_sources", "run_pipeline"]
@@ -191,6 +192,8 @@ def _run_context() -> Iterator[RunContext]:
     run_id = uuid.uuid4().hex[:8]
     rundir = tempfile.mkdtemp(prefix=f"frametok-{run_id}-")
     shm_prefix = f"frametok-{run_id}-"
+    lock = RunLock(rundir)  # held until we are gone: a later run sweeps what we leave should we be killed
+    sweep_dead_runs()
     try:
         yield RunContext(run_id, f"ipc://{rundir}/frames", f"ipc://{rundir}/events", shm_prefix,
                          hub_endpoint=f"ipc://{rundir}/hub")
@@ -199,6 +202,7 @@ def _run_context() -> Iterator[RunContext]:
         for leftover in glob.glob(f"/dev/shm/{shm_prefix}*"):
             with contextlib.suppress(OSError):
                 os.unlink(leftover)
+        lock.close()
 
 
 @contextlib.contextmanager
