@@ -10,9 +10,23 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import ModelError
-from .manifest import DetectorManifest, EncoderManifest, WeightsSource, file_sha256
+from .manifest import (
+    DetectorHead,
+    DetectorManifest,
+    EncoderManifest,
+    WeightsSource,
+    detector_output_problem,
+    file_sha256,
+)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "describe_encoder_onnx", "describe_ultralytics_onnx", "onnx_version"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "describe_encoder_onnx",
+    "describe_ultralytics_onnx",
+    "detector_head",
+    "onnx_version",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,8 +60,41 @@ def _input_spec(path: Path, session: Any) -> tuple[str, tuple[int, int], int | L
     return inputs[0].name, (height, width), batch if isinstance(batch, int) else "dynamic"
 
 
+def _flag(value: Any) -> bool:
+    return str(value).strip().lower() in {"true", "1"}
+
+
+def detector_head(meta: dict[str, str], shape: tuple[int, ...], num_classes: int) -> DetectorHead:
+    """The head of an Ultralytics detector from its ONNX metadata and the output ``shape`` of one run.
+
+    Metadata first (``head: RTDETRDecoder`` is RT-DETR; ``end2end: True``, or an ``nms=True`` export, gives
+    ``(N, K, 6)`` rows of x1 y1 x2 y2 score class); without it, the shape alone (``(N, 4 + C, A)`` is the
+    YOLOv8 head, ``(N, K, 6)`` an end-to-end one). A ModelError when the output does not fit that head.
+    """
+    head: DetectorHead
+    if "RTDETR" in meta.get("head", ""):
+        head = "rtdetr"
+    elif _flag(meta.get("end2end", "")) or "'nms': True" in meta.get("args", ""):
+        head = "end2end"
+    elif "end2end" in meta or "head" in meta or (len(shape) == 3 and shape[1] == 4 + num_classes):
+        head = "yolov8"
+    else:
+        head = "end2end"
+    problem = detector_output_problem(head, num_classes, shape)
+    if problem is None:
+        return head
+    fits = [h for h in ("yolov8", "end2end") if detector_output_problem(h, num_classes, shape) is None]
+    hint = f" (the shape alone would fit {' or '.join(fits)})" if fits else ""
+    raise ModelError(f"{problem}{hint}; its metadata says head {meta.get('head', '?')!r}, end2end "
+                     f"{meta.get('end2end', '?')!r}")
+
+
 def describe_ultralytics_onnx(path: str | Path, name: str | None = None) -> DetectorManifest:
-    """A detector manifest for an ONNX exported by Ultralytics (reads its embedded metadata)."""
+    """A detector manifest for an ONNX exported by Ultralytics (reads its embedded metadata).
+
+    The head (``output_format``: yolov8, end2end or rtdetr) comes from the metadata and the output shape of
+    one run on zeros (:func:`detector_head`); RT-DETR gets the squash resize Ultralytics predicts it with.
+    """
     path = Path(path).resolve()
     session = _open(path)
     meta = session.get_modelmeta().custom_metadata_map
@@ -69,6 +116,15 @@ def describe_ultralytics_onnx(path: str | Path, name: str | None = None) -> Dete
         except (ValueError, SyntaxError, TypeError, IndexError) as exc:
             raise ModelError(f"{path}: dynamic input size and no readable imgsz metadata") from exc
     outputs = session.get_outputs()
+    probe = np.zeros((1 if batch == "dynamic" else int(batch), 3, int(size_hw[0]), int(size_hw[1])), np.float32)
+    try:
+        shape = tuple(int(d) for d in session.run([outputs[0].name], {input_name: probe})[0].shape)
+    except Exception as exc:  # onnxruntime's own error types
+        raise ModelError(f"{path}: running the detector on a {probe.shape} input failed: {exc}") from exc
+    try:
+        output_format = detector_head(dict(meta), shape, len(class_names))
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from exc
     return DetectorManifest(
         name=name or path.stem,
         onnx_file=str(path),
@@ -77,6 +133,8 @@ def describe_ultralytics_onnx(path: str | Path, name: str | None = None) -> Dete
         input_size_hw=(int(size_hw[0]), int(size_hw[1])),
         batch=batch,
         output_name=outputs[0].name,
+        output_format=output_format,
+        resize="squash" if output_format == "rtdetr" else "letterbox",
         class_names=class_names,
         source=WeightsSource(weights=meta.get("description"), framework=f"ultralytics {meta.get('version', '?')}"),
         exporter={"ultralytics": meta.get("version", "?"), "described_by": "frametok", "onnxruntime": onnx_version()},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias
 
@@ -17,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from ..errors import ModelError
 
 __all__ = [
+    "DETECTOR_HEADS",
     "MANIFEST_SCHEMA_VERSION",
+    "DetectorHead",
     "DetectorManifest",
     "EncoderManifest",
     "Fp16Variant",
@@ -25,6 +28,8 @@ __all__ = [
     "Letterbox",
     "Manifest",
     "WeightsSource",
+    "detector_output_problem",
+    "expected_detector_output",
     "file_sha256",
     "load_manifest",
     "manifest_path_for",
@@ -32,6 +37,9 @@ __all__ = [
 ]
 
 MANIFEST_SCHEMA_VERSION = 1
+
+DetectorHead: TypeAlias = Literal["yolov8", "end2end", "rtdetr"]
+DETECTOR_HEADS: tuple[DetectorHead, ...] = ("yolov8", "end2end", "rtdetr")
 
 
 class _Frozen(BaseModel):
@@ -136,16 +144,65 @@ class _ManifestBase(_Frozen):
 
 
 class DetectorManifest(_ManifestBase):
-    """A YOLO-style detector: output ``(N, 4 + num_classes, anchors)`` of (cx, cy, w, h, scores...)."""
+    """An object detector; ``output_format`` names its head, i.e. how its output ``(N, ...)`` reads:
+
+    * ``yolov8``: ``(N, 4 + classes, anchors)`` of (cx, cy, w, h, class scores...) in input pixels;
+      frametok runs class-aware NMS (YOLOv8/YOLO11, and YOLO26/YOLOv10 exported with their one-to-many head).
+    * ``end2end``: ``(N, K, 6)`` of (x1, y1, x2, y2, score, class) in input pixels, already NMS-free
+      (YOLO26/YOLOv10 one-to-one heads, Ultralytics ``export(nms=False)``; also ``nms=True`` exports).
+    * ``rtdetr``: ``(N, K, 6)`` of (cx, cy, w, h, score, class) with boxes normalised to 0..1 of the input
+      (Ultralytics' RT-DETR export, top-K queries picked in the graph), or ``(N, K, 4 + classes)`` of
+      (cx, cy, w, h, class scores...) (the raw decoder, one box per query); no NMS. With 2 classes
+      ``4 + classes`` is 6 too: such an output is read as the first layout.
+
+    ``resize``: ``letterbox`` (aspect kept, padded, as YOLO trains) or ``squash`` (stretched to the
+    input size, as Ultralytics' RT-DETR trains and predicts).
+    """
 
     kind: Literal["detector"] = "detector"
     letterbox: Letterbox = Letterbox()
-    output_format: Literal["yolov8"] = "yolov8"
+    resize: Literal["letterbox", "squash"] = "letterbox"
+    output_format: DetectorHead = "yolov8"
     class_names: list[str] = Field(min_length=1)
 
     def info(self) -> dict[str, Any]:
         """What subscribers need to know of this model (travels in stream-info messages)."""
         return {"id": self.model_id, "name": self.name, "class_names": list(self.class_names)}
+
+    def expected_output(self) -> str:
+        """The output shape ``output_format`` needs, in words (for error messages)."""
+        return expected_detector_output(self.output_format, len(self.class_names))
+
+    def output_problem(self, shape: Sequence[int | str | None]) -> str | None:
+        """Why an output of ``shape`` (ints, or names/None for dynamic axes) does not fit this head; None if it fits."""
+        return detector_output_problem(self.output_format, len(self.class_names), shape)
+
+
+def expected_detector_output(head: DetectorHead, num_classes: int) -> str:
+    """The output of a ``head`` detector of ``num_classes`` classes, in words."""
+    if head == "yolov8":
+        return f"(N, 4 + {num_classes} classes, anchors)"
+    if head == "end2end":
+        return "(N, K, 6) of x1 y1 x2 y2 score class"
+    return f"(N, K, 6) of cx cy w h score class, or (N, K, 4 + {num_classes} classes)"
+
+
+def detector_output_problem(head: DetectorHead, num_classes: int, shape: Sequence[int | str | None]) -> str | None:
+    """Why ``shape`` does not fit ``head`` (None when it does, or when the axes that decide are dynamic)."""
+    dims = tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
+    shown = "(" + ", ".join(str(d) if d is not None else "?" for d in dims) + ")"
+    problem = (f"output {shown} does not fit output_format {head}: expected "
+               f"{expected_detector_output(head, num_classes)}")
+    if len(dims) != 3:
+        return problem
+    _, rows, cols = dims
+    if head == "yolov8":
+        fits = rows in (None, 4 + num_classes)
+    elif head == "end2end":
+        fits = cols in (None, 6)
+    else:
+        fits = cols in (None, 6, 4 + num_classes)
+    return None if fits else problem
 
 
 class EncoderManifest(_ManifestBase):

@@ -203,6 +203,26 @@ def _check_graph(files: ModelFiles, session: Any) -> None:
         raise ModelError(f"{where}: manifest says dynamic batch, graph has a fixed batch of {batch}")
     if isinstance(man.batch, int) and isinstance(batch, int) and batch != man.batch:
         raise ModelError(f"{where}: graph batch is {batch}, manifest says {man.batch}")
+    if isinstance(man, DetectorManifest):
+        _check_detector_output(man, session, where, batch)
+
+
+def _check_detector_output(man: DetectorManifest, session: Any, where: str, batch: Any) -> None:
+    """The detector's output must fit its head (``output_format``): read from the graph when its axes are fixed,
+    else from one run on zeros; a ModelError naming both shapes when it does not."""
+    output = next(o for o in session.get_outputs() if o.name == man.output_name)
+    shape: list[Any] = list(output.shape)
+    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        n = batch if isinstance(batch, int) and batch > 0 else 1
+        probe = np.zeros((n, 3, *man.input_size_hw), np.float32)
+        try:
+            shape = list(np.asarray(session.run([man.output_name], {man.input_name: probe})[0]).shape)
+        except Exception as exc:  # onnxruntime's / torch's own error types
+            raise ModelError(f"{where}: running the detector on a {probe.shape} input failed: {exc}") from exc
+    problem = man.output_problem(shape)
+    if problem is not None:
+        raise ModelError(f"{where}: {problem} (a manifest written for another head; describe the ONNX "
+                         "again with `frametok export yolo MODEL.onnx`)")
 
 
 def _graph_path(files: ModelFiles, chosen: str, verify_sha256: bool) -> Path:
