@@ -7,9 +7,12 @@ subscriber counts every packet. After ``--warmup`` seconds (default: a fifth of 
 at the end it records, for the supervisor and every child process: resident memory (RSS), open file
 descriptors and threads; and the run's shared-memory segments in /dev/shm. Reported:
 
-* ``processes``: per process (by name) RSS MiB at warm-up and at the end, growth %, descriptors at both;
+* ``processes``: per process (by name) RSS MiB at warm-up, its peak over the samples and at the end
+  (``rss_mib``: [start, peak, end], ``peak_at_s``), the kernel's high-water mark since the process started
+  (``hwm_mib``, VmHWM: start-up included), growth %, descriptors at both;
 * ``samples``: seconds, total RSS MiB of the run and RSS MiB by process name (the last one of a name) every
-  ``--sample-s`` seconds after warm-up (the trend);
+  ``--sample-s`` seconds after warm-up (the trend), and ``anon``: the anonymous (heap) part of each
+  (RssAnon; the rest is file-backed and shared memory);
 * ``shm_segments``, ``packets``, ``dropped`` (by the producers: newest frame wins), ``gaps`` (lost by the
   subscriber), ``status`` (per stream, the states seen), and ``health`` (/streams at the end);
 * ``target``: RSS growth under 5 % per process after warm-up; descriptor and segment counts flat.
@@ -44,6 +47,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _status_mib(pid: int) -> dict[str, float]:
+    """VmHWM (peak RSS since the process started) and RssAnon of ``pid``, in MiB (Linux)."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "RssAnon"):
+                out[{"VmHWM": "hwm_mib", "RssAnon": "anon_mib"}[key]] = int(value.split()[0]) / 1024
+    return out
+
+
 def _snapshot(pid: int) -> dict[str, Any]:
     """RSS, descriptors and threads of the supervisor and its children; the run's /dev/shm segments."""
     import psutil
@@ -55,7 +69,7 @@ def _snapshot(pid: int) -> dict[str, Any]:
         try:
             name = "supervisor" if proc.pid == pid else proc.name()
             procs[f"{name}:{proc.pid}"] = {"rss_mib": proc.memory_info().rss / 2**20, "fds": proc.num_fds(),
-                                           "threads": proc.num_threads()}
+                                           "threads": proc.num_threads(), **_status_mib(proc.pid)}
             for m in proc.memory_maps(grouped=True):
                 if m.path.startswith("/dev/shm/frametok-"):
                     segments.add(m.path)
@@ -80,7 +94,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     packets: Counter[str] = Counter()
     dropped: dict[str, int] = {}
     states: dict[str, list[str]] = {}
-    samples: list[tuple[float, float, dict[str, float]]] = []  # (s, total RSS MiB, RSS MiB by process name)
+    samples: list[dict[str, Any]] = []  # s, total RSS MiB, RSS (and anonymous RSS) MiB by process name
+    peaks: dict[str, tuple[float, float]] = {}  # process key -> (peak RSS MiB over the samples, at s)
     try:
         cmd = [sys.executable, "-m", "frametok", "run", "--publish", endpoint, "--wait-subscribers", "1",
                "--no-progress", "--models", str(args.models), "--detector", args.detector, "--encoder",
@@ -107,10 +122,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         snap = _snapshot(proc.pid)
                         if first is None:
                             first = snap
-                        samples.append((round(now - t0, 1),
-                                        round(sum(p["rss_mib"] for p in snap["processes"].values()), 1),
-                                        {k.split(":")[0]: round(v["rss_mib"], 1)
-                                         for k, v in snap["processes"].items()}))
+                        at = round(now - t0, 1)
+                        samples.append({"s": at,
+                                        "total": round(sum(p["rss_mib"] for p in snap["processes"].values()), 1),
+                                        "rss": {k.split(":")[0]: round(v["rss_mib"], 1)
+                                                for k, v in snap["processes"].items()},
+                                        "anon": {k.split(":")[0]: round(v.get("anon_mib", 0.0), 1)
+                                                 for k, v in snap["processes"].items()}})
+                        for k, v in snap["processes"].items():
+                            if v["rss_mib"] > peaks.get(k, (0.0, 0.0))[0]:
+                                peaks[k] = (v["rss_mib"], at)
                         next_sample += args.sample_s
                 last = _snapshot(proc.pid)
                 with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/streams", timeout=5) as resp:
@@ -133,7 +154,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             continue
         pct = 100.0 * (end["rss_mib"] - start["rss_mib"]) / start["rss_mib"]
         growth.append(pct)
-        rows[key] = {"rss_mib": [round(start["rss_mib"], 1), round(end["rss_mib"], 1)], "growth_pct": round(pct, 2),
+        peak, peak_at = peaks.get(key, (end["rss_mib"], 0.0))
+        peak = max(peak, end["rss_mib"])
+        rows[key] = {"rss_mib": [round(start["rss_mib"], 1), round(peak, 1), round(end["rss_mib"], 1)],
+                     "peak_at_s": peak_at, "hwm_mib": round(end.get("hwm_mib", 0.0), 1), "growth_pct": round(pct, 2),
                      "fds": [start["fds"], end["fds"]], "threads": [start["threads"], end["threads"]]}
     fds_flat = all(r["fds"][0] == r["fds"][1] for r in rows.values())
     shm_flat = first["shm_files"] == last["shm_files"] and first["shm_mapped"] == last["shm_mapped"]
