@@ -100,6 +100,13 @@ class SourceConfig(_Frozen):
         0, ge=0, description="files: start at this frame (seek near it, decode to it; frame indices stay absolute)"
     )
     every: int = Field(1, ge=1, description="files: keep every Nth frame from start_frame (1: all)")
+    motion_threshold: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="motion gating: a frame in which no region of a small grey thumbnail changed by more than "
+        "this (0..1 of full scale) since the last frame the models ran on is still: the detector and the encoder "
+        "are not run on it and its packet re-sends the last tokens, marked reused (0: off; default: off for "
+        "file sources, frametok.models.soft_tokens.MOTION_THRESHOLD for live ones)",
+    )
 
     @field_validator("id")
     @classmethod
@@ -139,6 +146,15 @@ class SourceConfig(_Frozen):
         if self.policy is not None:
             return self.policy
         return "live" if self.kind in ("camera", "network") else "file"
+
+    @property
+    def effective_motion_threshold(self) -> float:
+        """The motion gating threshold in force (0: off)."""
+        if self.motion_threshold is not None:
+            return self.motion_threshold
+        from .models.soft_tokens import MOTION_THRESHOLD
+
+        return MOTION_THRESHOLD if self.effective_policy == "live" else 0.0
 
     @property
     def effective_reconnect(self) -> bool:

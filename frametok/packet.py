@@ -221,6 +221,7 @@ class TokenPacket:
     query_scores: NDArray[Any] | None = None
     preview_jpeg: bytes | None = None
     damaged: bool = False  # (1.2) the source's data for this frame was damaged: its pixels may be partly wrong
+    reused: bool = False  # (1.2) a still frame (motion gating): the models did not run, its tokens are the last ones
 
     def __post_init__(self) -> None:
         validate_stream_id(self.stream_id)
@@ -397,6 +398,8 @@ def encode(
         )
         if message.damaged:
             header["damaged"] = True
+        if message.reused:
+            header["reused"] = True
         det = message.detections
         if det is not None:
             arrays += [("det_xyxy", det.xyxy), ("det_score", det.score), ("det_class", det.class_id)]
@@ -591,6 +594,7 @@ def _decode_frame(header: Mapping[str, Any], buffers: Mapping[str, NDArray[Any]]
             query_scores=None if query is None else query[1],
             preview_jpeg=_expect(buffers, "preview", 1).tobytes() if "preview" in buffers else None,
             damaged=bool(_field(header, "damaged", bool, optional=True)),
+            reused=bool(_field(header, "reused", bool, optional=True)),
         )
     except ValueError as exc:
         raise ProtocolError(f"frame: {exc}") from exc
@@ -737,6 +741,7 @@ class _FrameHead(_Head, tag="frame", kw_only=True):
     models: dict[str, str] | None = None
     grid: _Grid | None = None
     damaged: bool | None = None
+    reused: bool | None = None
 
 
 class _StatusHead(_Head, tag="status", kw_only=True):
@@ -846,6 +851,7 @@ def _fast_frame(h: _FrameHead, buffers: dict[str, NDArray[Any]]) -> TokenPacket:
         "models": {} if h.models is None else h.models, "seq": h.seq, "grid_update": update,
         "content_tokens": content, "query_tokens": qctx, "query_scores": qscore,
         "preview_jpeg": None if preview is None else preview.tobytes(), "damaged": bool(h.damaged),
+        "reused": bool(h.reused),
     })
 
 

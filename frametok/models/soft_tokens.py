@@ -11,9 +11,15 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["QueryBank", "pixel_change", "pool_grid", "thumbnail"]
+__all__ = ["MOTION_CELL", "MOTION_THRESHOLD", "MOTION_THUMB_WH", "QueryBank", "pixel_change", "pool_grid",
+           "thumbnail"]
 
 _THUMB_WH = (32, 24)
+# the worker's motion test (motion gating): calibrated with bench/motion.py so that reused tokens keep
+# cosine >= 1 - tau (0.05) to the encoder's real output on its clips; a measured bound, not a constructed one
+MOTION_THUMB_WH = (64, 48)
+MOTION_CELL = 2
+MOTION_THRESHOLD = 0.02
 
 
 def pool_grid(patches: NDArray[np.floating], pool: int) -> NDArray[np.float32]:
@@ -68,9 +74,9 @@ class QueryBank:
         return tokens.astype(np.float32), sim.max(axis=1).astype(np.float32)
 
 
-def thumbnail(frame_rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
+def thumbnail(frame_rgb: NDArray[np.uint8], size_wh: tuple[int, int] = _THUMB_WH) -> NDArray[np.float32]:
     """A tiny grey image of the frame, for :func:`pixel_change`."""
-    small = cv2.resize(frame_rgb, _THUMB_WH, interpolation=cv2.INTER_AREA)
+    small = cv2.resize(frame_rgb, size_wh, interpolation=cv2.INTER_AREA)
     return np.asarray(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), np.float32) / 255.0
 
 

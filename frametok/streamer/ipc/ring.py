@@ -7,6 +7,11 @@ Each slot has a small header row in the segment, every field written by one proc
 * ``claimed_seq`` and ``released_seq`` by the worker: the frame it started reading, and the
   frame it finished with.
 
+After the slot rows, one row written by the worker only: its batch cycle (``submitted_ns``, when it
+started the models on the batch now running, CLOCK_MONOTONIC ns, which every process of a host shares;
+``due_ns``, when it expects them to finish and to take the next frames; ``cycle_ns``, what a batch takes
+it). A live producer's pacer reads it to announce its frame just before the worker is due.
+
 A slot is free when it was never used or its frame was released. Under the ``live`` policy the
 producer may overwrite a ready frame the worker has not claimed (newest frame wins); the worker
 checks ``version`` after reading and discards a frame that changed under it. No lock is held
@@ -29,6 +34,7 @@ __all__ = ["FrameRing", "RingSpec"]
 
 _VERSION, _FRAME_SEQ, _CLAIMED, _RELEASED = range(4)
 _HEADER_FIELDS = 4
+_SUBMITTED, _DUE, _CYCLE = range(3)  # the worker's row
 _ALIGN = 64
 
 
@@ -47,7 +53,7 @@ class RingSpec:
 
     @property
     def header_bytes(self) -> int:
-        raw = self.slots * _HEADER_FIELDS * 8
+        raw = (self.slots + 1) * _HEADER_FIELDS * 8  # the slots' rows, then the worker's
         return (raw + _ALIGN - 1) // _ALIGN * _ALIGN
 
     @property
@@ -101,6 +107,8 @@ class FrameRing:
         self._owner = owner
         buf = shm.map
         self.header: NDArray[np.int64] = np.ndarray((spec.slots, _HEADER_FIELDS), np.int64, buf, 0)
+        self.cycle_row: NDArray[np.int64] = np.ndarray(
+            (_HEADER_FIELDS,), np.int64, buf, spec.slots * _HEADER_FIELDS * 8)
         self.frames: NDArray[np.uint8] = np.ndarray((spec.slots, *spec.shape_hwc), np.uint8, buf, spec.header_bytes)
 
     # ------------------------------------------------------------------ lifecycle
@@ -111,6 +119,7 @@ class FrameRing:
         ring = cls(spec, _Segment(name, spec.total_bytes), owner=True)
         ring.header[:] = -1
         ring.header[:, _VERSION] = 0
+        ring.cycle_row[:] = 0
         return ring
 
     @classmethod
@@ -129,7 +138,7 @@ class FrameRing:
         """Detach; the owner also unlinks the segment. Safe to call twice."""
         if self._shm is None:
             return
-        del self.header, self.frames
+        del self.header, self.cycle_row, self.frames
         shm, self._shm = self._shm, None
         shm.close()
         if self._owner:
@@ -232,6 +241,22 @@ class FrameRing:
     def release(self, slot: int, seq: int) -> None:
         """Give ``slot`` back to the producer."""
         self.header[slot, _RELEASED] = seq
+
+    def announce_cycle(self, submitted_ns: int, due_ns: int, cycle_ns: int) -> None:
+        """The worker started a batch at ``submitted_ns`` and expects to be back for frames at ``due_ns``
+        (monotonic ns); a batch takes it ``cycle_ns``. ``submitted_ns`` is written last: a reader that sees
+        it new sees the rest new too (stores are not reordered on x86; elsewhere a stale ``due`` costs one
+        frame's freshness, never a frame)."""
+        row = self.cycle_row
+        row[_DUE] = due_ns
+        row[_CYCLE] = cycle_ns
+        row[_SUBMITTED] = submitted_ns
+
+    def worker_cycle(self) -> tuple[int, int, int]:
+        """What the worker announced last: (submitted_ns, due_ns, cycle_ns); zeros before its first batch."""
+        row = self.cycle_row
+        submitted = int(row[_SUBMITTED])
+        return submitted, int(row[_DUE]), int(row[_CYCLE])
 
     def pending(self) -> int:
         """Frames written and not yet released by the worker (the source's queue depth)."""

@@ -6,32 +6,59 @@ from collections import deque
 
 __all__ = ["Pacer"]
 
+LEAD_S = 0.008  # announced this long before the worker is due: the notice's way there and the timing's jitter
+
 
 class Pacer:
     """When to announce the next frame of a live source to the worker.
 
     The worker takes frames in the order it was told of them and runs them in batches. A frame announced
     as soon as the worker took the previous one would sit out the rest of the batch in progress before its
-    own ran: up to twice the batch time old when published. So the pacer learns the worker's cycle (the
-    shortest of the last few times between two takes) and lets the newest frame go a frame period and a
-    half before the worker is due back. (Half a period cut the p50 latency of one 30 fps camera from 173 to
-    146 ms, but with three cameras one kept missing its batch and settled at every other one, its learnt
-    cycle then twice the worker's: 602 packets against 1,194 each for the other two.) A worker that keeps
-    up takes each frame at once, so its cycle is the source's frame period and every frame goes at once; a
+    own ran: up to twice the batch time old when published.
+
+    **The worker's own clock** (:meth:`worker_cycle`, read from the ring's header, where the worker writes
+    when it started the batch now in its models, when it expects to be back for frames, and what a batch
+    takes it): the newest frame goes ``LEAD_S`` before the worker is due back, so a frame is at most a frame
+    period and the lead old when taken (the floor: one batch plus that age). The due time used is always
+    the one of a batch the worker started *after* the last frame was announced (the batch holding that
+    frame, or a later one), never the one it was already running: a stream whose frame missed a batch
+    aims at the very next one again, and cannot settle at every other batch. Between the worker taking a
+    frame and starting its batch (its pre-processing) the due time is the take plus the worker's cycle.
+    A worker that keeps up is back before the next frame arrives: every frame goes at once.
+
+    **Without it** (a worker that announces nothing yet): the pacer learns the worker's cycle (the shortest
+    of the last few times between two takes) and lets the newest frame go a frame period and a half before
+    the worker is due back. (Half a period cut the p50 latency of one 30 fps camera from 173 to 146 ms, but
+    with three cameras one kept missing its batch and settled at every other one, its learnt cycle then
+    twice the worker's: 602 packets against 1,194 each for the other two; with a period and a half the
+    p99 was 2.4-2.6 batch times, which is why the worker now says when it is due.) A worker that keeps up
+    takes each frame at once, so its cycle is the source's frame period and every frame goes at once; a
     worker that is late finds the frame waiting (never worse than announcing at once).
     """
 
-    def __init__(self, window: int = 8) -> None:
+    def __init__(self, window: int = 8, lead_s: float = LEAD_S) -> None:
         self.taken_at: float | None = None
         self.cycles: deque[float] = deque(maxlen=window)
         self.period: float | None = None  # the source's frame period (moving average)
         self._last_arrival: float | None = None
+        self.lead_s = lead_s
+        # the worker's announcement (monotonic seconds): batch started, due back, a batch's time (0: none yet)
+        self.submitted_s = self.worker_due_s = self.worker_cycle_s = 0.0
+        self._announced_in = -1.0  # ``submitted_s`` when the last frame was announced
 
     def arrived(self, now: float) -> None:
         if self._last_arrival is not None:
             dt = now - self._last_arrival
             self.period = dt if self.period is None else 0.9 * self.period + 0.1 * dt
         self._last_arrival = now
+
+    def worker_cycle(self, submitted_s: float, due_s: float, cycle_s: float) -> None:
+        """What the worker announced last (see :meth:`FrameRing.worker_cycle`); ``cycle_s`` 0: nothing yet."""
+        self.submitted_s, self.worker_due_s, self.worker_cycle_s = submitted_s, due_s, cycle_s
+
+    def announced(self) -> None:
+        """A frame was just announced to the worker."""
+        self._announced_in = self.submitted_s
 
     def _lead(self) -> float:
         return 1.5 * (self.period or 1 / 30) + 0.005
@@ -45,7 +72,20 @@ class Pacer:
             self.cycles.append(now - self.taken_at)
         self.taken_at = now
 
+    def worker_due(self) -> float | None:
+        """When the worker will be back for frames, by its own announcement (None: it announced nothing)."""
+        if self.worker_cycle_s <= 0.0 or self.taken_at is None:
+            return None
+        if self.submitted_s > self._announced_in:  # a batch started since our last frame went: its end
+            return self.worker_due_s
+        return self.taken_at + self.worker_cycle_s  # it took our frame and is still preparing its batch
+
     def due(self, now: float) -> bool:
-        if self.taken_at is None or not self.cycles:
+        if self.taken_at is None:
+            return True
+        worker_due = self.worker_due()
+        if worker_due is not None:
+            return now >= worker_due - self.lead_s
+        if not self.cycles:
             return True
         return now >= self.taken_at + min(self.cycles) - self._lead()

@@ -95,13 +95,24 @@ class RingWriter:
         notice = FrameNotice(self.stream_id, slot, self.seq, index, frame.pts_s, frame.t_capture_ns,
                              frame.t_decode_ns, self.dropped(), frame.damaged)
         self.notices[slot] = notice
+        if self.policy == "live":
+            self._read_cycle(ring)
+            self.pacer.announced()
         self.outbox.notify(notice)
         self.outstanding = (slot, self.seq)
         self.seq += 1
         return True
 
+    def _read_cycle(self, ring: FrameRing) -> None:
+        """The worker's batch cycle, as it wrote it into the ring's header, to the pacer."""
+        submitted_ns, due_ns, cycle_ns = ring.worker_cycle()
+        self.pacer.worker_cycle(submitted_ns / 1e9, due_ns / 1e9, cycle_ns / 1e9)
+
     def taken(self) -> bool:
-        """Has the worker taken (claimed, released or lost) the last frame we told it about?"""
+        """Has the worker taken (claimed, released or lost) the last frame we told it about? (Live: also
+        tells the pacer the worker's cycle.)"""
+        if self.ring is not None and self.policy == "live":
+            self._read_cycle(self.ring)
         if self.outstanding is None or self.ring is None:
             return True
         slot, seq = self.outstanding

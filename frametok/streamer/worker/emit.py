@@ -75,15 +75,24 @@ class Emitter:
     def _detections(self, batch: Batch, out: Inference) -> list[Detections | None]:
         dets: list[Detections | None] = [None] * len(batch.frames)
         detector = self.models.detector
-        if detector is not None and out.detections_raw is not None:
-            for i, item in enumerate(batch.frames):  # in frame order within each stream
-                found = detector.postprocess(out.detections_raw[i], item.letterbox)  # type: ignore[arg-type]
-                tracker = self.streams[item.notice.stream_id].tracker
-                if tracker is not None:
-                    if item.reset_tracker or item.notice.stream_id in self.scene_per_frame:
-                        tracker.reset()  # ids already handed out are never handed out again
-                    found = tracker.update(found)
-                dets[i] = found
+        if detector is None:
+            return dets
+        for i, item in enumerate(batch.frames):  # in frame order within each stream
+            st = self.streams[item.notice.stream_id]
+            if item.reused:
+                # a still frame (motion gating): the last frame's boxes and track ids again; its tracker is
+                # not fed (the same boxes would tell it every object stopped, and age its lost tracks)
+                dets[i] = st.last_detections
+                continue
+            if out.detections_raw is None or item.detector_row < 0:
+                continue
+            found = detector.postprocess(out.detections_raw[item.detector_row], item.letterbox)  # type: ignore[arg-type]
+            tracker = st.tracker
+            if tracker is not None:
+                if item.reset_tracker or item.notice.stream_id in self.scene_per_frame:
+                    tracker.reset()  # ids already handed out are never handed out again
+                found = tracker.update(found)
+            dets[i] = st.last_detections = found
         return dets
 
     def publish(self, batch: Batch, out: Inference) -> None:
@@ -105,7 +114,7 @@ class Emitter:
                 if item.encoder_row >= 0 and enc is not None:
                     soft = st.soft.encoded(enc.context[item.encoder_row], enc.patches[item.encoder_row])
                 else:
-                    soft = st.soft.skip()
+                    soft = st.soft.skip(reused=item.reused)
             h, w = item.ring.spec.shape_hwc[:2]
             packet = TokenPacket(
                 stream_id=notice.stream_id,
@@ -125,6 +134,7 @@ class Emitter:
                 query_scores=soft.query_scores,
                 preview_jpeg=item.preview_jpeg,
                 damaged=notice.damaged,
+                reused=item.reused,
             )
             update = soft.grid_update
             if update is not None:

@@ -142,11 +142,16 @@ class Gatherer:
         self.emitter.mark_active()
         view = ring.view(notice.slot)
         lane, detector, encoder = self.lane, self.models.detector, self.models.encoder
+        gate = st.motion
+        if gate is not None and st.reset_tracker:
+            gate.reset()
+        still = gate is not None and gate.still(view)  # the models do not run: the last tokens again
         letterbox = None
-        if detector is not None and lane.det_tensors is not None:
-            letterbox = detector.preprocess(view, lane.det_tensors[batch.tensors][len(batch.frames)])
-        row = -1
-        if encoder is not None and lane.enc_tensors is not None and st.soft is not None \
+        det_row = row = -1
+        if not still and detector is not None and lane.det_tensors is not None:
+            letterbox = detector.preprocess(view, lane.det_tensors[batch.tensors][batch.detector_rows])
+            det_row = batch.detector_rows
+        if not still and encoder is not None and lane.enc_tensors is not None and st.soft is not None \
                 and st.soft.wants_encoder(view):
             encoder.preprocess(view, lane.enc_tensors[batch.tensors][batch.encoder_rows])
             row = batch.encoder_rows
@@ -156,9 +161,12 @@ class Gatherer:
             st.discarded += 1
             if row >= 0 and st.soft is not None:
                 st.soft.discard()
+            if gate is not None:
+                gate.discard(still)
             return
         batch.encoder_rows += row >= 0
-        batch.frames.append(Loaded(notice, ring, letterbox, row, preview, st.reset_tracker))
+        batch.detector_rows += det_row >= 0
+        batch.frames.append(Loaded(notice, ring, letterbox, row, preview, st.reset_tracker, det_row, still))
         st.reset_tracker = False
 
     def close(self) -> None:

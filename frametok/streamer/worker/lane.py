@@ -24,7 +24,7 @@ from ...models.encoder import EncodedFrames, Encoder
 from ..ipc.notices import EndNotice, FrameNotice
 from ..ipc.ring import FrameRing
 
-__all__ = ["Batch", "Inference", "Loaded", "ModelLane"]
+__all__ = ["Batch", "BatchClock", "Inference", "Loaded", "ModelLane"]
 
 _TENSOR_SETS = 2  # one batch in the models, the next one being filled
 
@@ -32,7 +32,8 @@ _TENSOR_SETS = 2  # one batch in the models, the next one being filled
 @dataclass(frozen=True)
 class Loaded:
     """A frame pre-processed into its batch: the ring it came from (its slot is released once the packet
-    is delivered), its letterbox, and its row in the encoder's tensor (-1: the encoder is skipped)."""
+    is delivered), its letterbox, its rows in the encoder's and the detector's tensors (-1: that model is
+    skipped), and whether it is still (motion gating: neither model runs, the last tokens go again)."""
 
     notice: FrameNotice
     ring: FrameRing
@@ -40,6 +41,8 @@ class Loaded:
     encoder_row: int
     preview_jpeg: bytes | None = None
     reset_tracker: bool = False  # the first frame after its stream reconnected
+    detector_row: int = -1
+    reused: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,26 @@ class Inference:
     encoder_s: float
 
 
+class BatchClock:
+    """How long the models take a batch, by its shape (frames through the detector, through the encoder),
+    learnt from the batches they ran (a moving average: the machine's load changes)."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[tuple[int, int], float] = {}
+
+    def observe(self, shape: tuple[int, int], seconds: float) -> None:
+        old = self._seconds.get(shape)
+        self._seconds[shape] = seconds if old is None else 0.7 * old + 0.3 * seconds
+
+    def estimate(self, shape: tuple[int, int]) -> float | None:
+        """Seconds a batch of ``shape`` takes (a shape not seen yet: the nearest one seen; None: none yet)."""
+        got = self._seconds.get(shape)
+        if got is None and self._seconds:
+            near = min(self._seconds, key=lambda s: (abs(s[0] - shape[0]) + abs(s[1] - shape[1]), -s[0] - s[1]))
+            got = self._seconds[near]
+        return got
+
+
 @dataclass
 class Batch:
     """Frames gathered for one run of the models, into tensor set ``tensors``; ``ends``: streams that ended
@@ -61,7 +84,13 @@ class Batch:
     frames: list[Loaded] = field(default_factory=list)
     ends: list[EndNotice] = field(default_factory=list)
     encoder_rows: int = 0
+    detector_rows: int = 0
     future: Future[Inference] | None = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(frames through the detector, frames through the encoder)."""
+        return self.detector_rows, self.encoder_rows
 
 
 class ModelLane:
@@ -79,6 +108,9 @@ class ModelLane:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._running: Batch | None = None
+        self.clock = BatchClock()
+        # the batch in the models: when it started and when it should end (monotonic ns), what it should take
+        self.submitted_ns = self.due_ns = self.cycle_ns = 0
 
     @property
     def wake_fd(self) -> int:
@@ -104,7 +136,11 @@ class ModelLane:
     def submit(self, batch: Batch) -> None:
         """Start the models on ``batch``; the batch submitted before must have been collected."""
         assert self._running is None, "collect the running batch before submitting the next one"
-        batch.future = self._pool.submit(self._run, batch.tensors, len(batch.frames), batch.encoder_rows)
+        self.submitted_ns = time.monotonic_ns()
+        expected = self.clock.estimate(batch.shape)
+        self.cycle_ns = 0 if expected is None else int(expected * 1e9)
+        self.due_ns = self.submitted_ns + self.cycle_ns
+        batch.future = self._pool.submit(self._run, batch.tensors, batch.detector_rows, batch.encoder_rows)
         batch.future.add_done_callback(self._wake)
         self._running = batch
 
@@ -112,7 +148,9 @@ class ModelLane:
         """Wait for the running batch; returns it with what the models made of it."""
         batch, self._running = self._running, None
         assert batch is not None and batch.future is not None
-        return batch, batch.future.result()
+        out = batch.future.result()
+        self.clock.observe(batch.shape, out.detector_s + out.encoder_s)
+        return batch, out
 
     def drain_wake(self) -> None:
         """Empty the wake pipe (the poller saw it readable). Its byte may come a moment after the result
@@ -128,7 +166,7 @@ class ModelLane:
     def _run(self, tensors: int, n: int, m: int) -> Inference:
         t0 = time.perf_counter()
         raw = None
-        if self.detector is not None and self.det_tensors is not None:
+        if n and self.detector is not None and self.det_tensors is not None:
             raw = self.detector.infer(self.det_tensors[tensors][:n])
         t1 = time.perf_counter()
         enc = None

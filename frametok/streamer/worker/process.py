@@ -84,10 +84,21 @@ class _Worker:
         finished = self.lane.result() if self.lane.running is not None else None
         if batch.frames:
             self.lane.submit(batch)
+            self._announce_cycle()
         if finished is not None:
             self.emitter.publish(*finished)
         if not batch.frames:  # nothing for the models: its ends follow the packets before them
             self.emitter.end_streams(batch.ends)
+
+    def _announce_cycle(self) -> None:
+        """Tell the live producers when the models should be free again (their pacers announce the newest
+        frame just before): written into each live stream's ring header."""
+        lane = self.lane
+        if not lane.cycle_ns:
+            return  # nothing learnt yet: the pacers go by the takes they see
+        for st in self.streams.values():
+            if st.policy == "live" and st.ring is not None and not st.ring.closed:
+                st.ring.announce_cycle(lane.submitted_ns, lane.due_ns, lane.cycle_ns)
 
     def _progress(self, force: bool = False) -> None:
         now = time.monotonic()

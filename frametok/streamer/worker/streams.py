@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...models.tracking import Tracker
+from ...packet import Detections
 from ..ipc.notices import WorkerResume
 from ..ipc.ring import FrameRing
 from .models import LoadedModels
+from .motion import MotionGate
 from .tokens import SoftTokenStream
 
 __all__ = ["StreamState", "make_streams"]
@@ -26,6 +28,8 @@ class StreamState:
     ended: bool = False
     last_frame: int = -1  # the frame index of the last packet published
     reset_tracker: bool = False  # the stream reconnected: its next frame starts the tracker afresh
+    motion: MotionGate | None = None  # motion gating (None: off): still frames re-send the last tokens
+    last_detections: Detections | None = None  # the hard tokens of the last frame the detector ran on
 
 
 def make_streams(models: LoadedModels, resume: WorkerResume | None) -> tuple[dict[str, StreamState], set[str]]:
@@ -35,7 +39,9 @@ def make_streams(models: LoadedModels, resume: WorkerResume | None) -> tuple[dic
     streams = {
         s.id: StreamState(s.id, s.effective_policy,
                           soft=SoftTokenStream(ec, models.queries) if models.encoder and ec else None,
-                          tracker=models.tracker(s.fps))
+                          tracker=models.tracker(s.fps),
+                          motion=MotionGate(s.effective_motion_threshold)
+                          if s.effective_motion_threshold and not (s.kind == "images" and not s.sequence) else None)
         for s in config.sources
     }
     resuming: set[str] = set()

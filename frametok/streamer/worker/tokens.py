@@ -44,6 +44,7 @@ class SoftTokenStream:
         self._undo_thumb: NDArray[np.float32] | None = None
         self._last: SoftTokens | None = None
         self.skipped = 0
+        self.reused = 0  # still frames (motion gating)
 
     def wants_encoder(self, frame_rgb: NDArray[np.uint8]) -> bool:
         """False when the frame barely differs from the last one chosen for encoding (skipping on).
@@ -83,20 +84,34 @@ class SoftTokenStream:
         self._last = tokens
         return tokens
 
-    def skip(self) -> SoftTokens:
-        """Tokens of a frame whose encoder run was skipped: the last ones again, the grid unchanged."""
+    def skip(self, reused: bool = False) -> SoftTokens:
+        """Tokens of a frame whose encoder run was skipped (its pixels barely changed; ``reused``: a still
+        frame of motion gating): the last ones again, the grid unchanged."""
         assert self._last is not None, "a skip always follows an encoded frame of the stream"
-        self.skipped += 1
+        if reused:
+            self.reused += 1
+        else:
+            self.skipped += 1
         last = self._last
         if self.compressor is not None:
             return SoftTokens(last.context, last.content, last.query_tokens, last.query_scores, None,
-                              self.compressor.skip())
+                              self._unchanged_grid(self.compressor))
         return last
+
+    @staticmethod
+    def _unchanged_grid(comp: GridCompressor) -> GridUpdate:
+        """A skip, or, when a keyframe is due (asked for by a joiner, or the interval), the grid subscribers
+        hold sent whole: a stream that stays still for long still gives joiners their grid."""
+        due = comp._key_requested or (comp.keyframe_interval and comp._since_key + 1 >= comp.keyframe_interval)
+        if due and comp.reference is not None:
+            return comp.encode(comp.reference.astype(np.float32))  # a key of the reference, bit for bit
+        return comp.skip()
 
     def stats(self) -> dict[str, Any]:
         comp = self.compressor
         return {
             "skipped": self.skipped,
+            "reused": self.reused,
             "tokens_total": comp.tokens_total if comp else 0,
             "tokens_sent": comp.tokens_sent if comp else 0,
             "keyframes": comp.keyframes if comp else 0,
