@@ -83,7 +83,7 @@ def ray_bench(args: argparse.Namespace) -> None:
     import threading
 
     sys.path.insert(0, str(ROOT))
-    from frametok.index.cluster import LocalCluster
+    from frametok.index.local_cluster import LocalCluster
 
     frametok = [sys.executable, "-m", "frametok"]
     out: dict[str, object] = {"video": Path(args.video).name, "videos": args.videos, "frames_each": args.frames}

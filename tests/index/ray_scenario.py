@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from frametok.index.cluster import LocalCluster  # noqa: E402
+from frametok.index.local_cluster import LocalCluster  # noqa: E402
 
 
 def frames_in(db: Path) -> dict[str, int]:

@@ -251,7 +251,8 @@ def test_the_runtime_does_not_import_ray() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, frametok, frametok.cli, frametok.index, frametok.index.cluster, frametok.index.engine; "
+    code = ("import sys, frametok, frametok.cli, frametok.index, frametok.index.cluster, "
+            "frametok.index.ray_actors, frametok.index.engine; "
             "frametok.cli.build_parser().parse_args(['index', 'x.mp4', '--db', 'd', '--ray', 'auto']); "
             "print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
