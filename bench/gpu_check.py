@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -194,11 +195,13 @@ def environment(device: str) -> dict[str, Any]:
         "onnxruntime": ort.__version__, "onnxruntime_providers": ort.get_available_providers(),
         "cpus": os.cpu_count(), "mode": device,
     }
-    for mod in ("av", "zmq", "onnx2torch", "pydantic", "supervision"):
+    from importlib import metadata
+
+    for dist in ("av", "pyzmq", "onnx2torch", "pydantic", "msgspec", "supervision"):
         try:
-            env[mod] = __import__(mod).__version__
-        except Exception as exc:
-            env[mod] = f"missing ({type(exc).__name__}: {exc})"
+            env[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            env[dist] = "missing"
     try:
         env["nvidia_smi"] = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
@@ -243,7 +246,10 @@ def decode_ceiling(video: Path, limit_s: float) -> dict[str, Any]:
 def _photo(path: Path) -> Any:
     import cv2
 
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    bgr = cv2.imread(str(path))
+    if bgr is None:
+        raise FileNotFoundError(f"cannot read {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def parity(models: Path, media: Path, threads: int) -> dict[str, Any]:
@@ -332,6 +338,8 @@ def models_loop(clip: Path, models: Path, max_batch: int, threads: int) -> dict[
     frames = [f.frame_rgb for f in decode_frames(str(clip))]
     det_batch = np.empty((max_batch, 3, *det.input_hw), np.float32)
     enc_batch = np.empty((max_batch, 3, *enc.input_hw), np.float32)
+    det.infer(det_batch.copy())  # warm-up at the batch shape (cuDNN picks its kernels per shape)
+    enc.infer(enc_batch.copy())
     t_models = 0.0
     t0 = time.perf_counter()
     for start in range(0, len(frames), max_batch):
@@ -409,7 +417,7 @@ def pipeline(clip: Path, models: Path, streams: int, max_batch: int, threads: in
     if proc.returncode != 0:
         tail = "\n".join(err.strip().splitlines()[-15:])
         raise RuntimeError(f"frametok run exited {proc.returncode}: {tail}")
-    providers = {role: sorted(p) for role, p in used.items()}
+    providers = {role: sorted(p) for role, p in used.items() if p}  # the tracker has none
     flat = [p for ps in providers.values() for p in ps]
     if not flat or not all(p.startswith(f"torch:{want}") for p in flat):
         raise RuntimeError(f"the models did not run on torch:{want}: {providers}")
@@ -428,6 +436,7 @@ def measure(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_term)
     with contextlib.suppress(_Stopped):  # the step that was running is in errors
         _measure(args, results, errors)
+    results["headline"] = _headline(results)
     results["errors"] = errors
     results["wall_s"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(results, indent=1, default=str)
@@ -438,9 +447,33 @@ def measure(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The figures the check is for, in one place (None where a step failed or did not run)."""
+    def get(*keys: str) -> Any:
+        node: Any = results
+        for k in keys:
+            node = node.get(k) if isinstance(node, dict) else None
+        return node
+
+    runs = get("pipeline") or {}
+    multi = get("multi_gpu") or {}
+    return {
+        "provider": get("models_loop", "provider"),
+        "pipeline_fps": {k.split("_")[0] + "_streams": v.get("fps") for k, v in runs.items() if isinstance(v, dict)},
+        "models_loop_fps": get("models_loop", "fps"),
+        "decode_ceiling_fps_per_stream": get("decode", "frametok_decode_fps"),
+        "pyav_decode_fps": get("decode", "pyav_rgb_fps"),
+        "parity_pass": [get("parity", "detector", "pass"), get("parity", "encoder", "pass")],
+        "multi_gpu": {"gpus": multi.get("gpus"), "scaling_ratio": multi.get("scaling_ratio"),
+                      "skipped": multi.get("skipped")},
+    }
+
+
 def _measure(args: argparse.Namespace, results: dict[str, Any], errors: list[str]) -> None:
     want = args.device
     env = _step(results, errors, "environment", lambda: environment(want))
+    if env is None and want == "cuda":
+        return  # no GPU (or no torch): nothing below would measure what this check is for
     gpus = int(env["gpus"]) if env and want == "cuda" else 0
     _step(results, errors, "decode", lambda: decode_ceiling(args.video, args.decode_limit_s))
     _step(results, errors, "parity", lambda: parity(args.models, args.media, args.threads))
@@ -455,8 +488,9 @@ def _measure(args: argparse.Namespace, results: dict[str, Any], errors: list[str
             results["pipeline"] = run
             streams = [int(s) for s in args.streams.split(",")]
             for s in streams:
-                _step(run, errors, f"{s}_streams", lambda s=s: pipeline(
-                    clip_path, args.models, s, args.max_batch, args.threads, [0], 1, want, args.run_timeout_s))
+                _step(run, errors, f"{s}_streams", functools.partial(
+                    pipeline, clip_path, args.models, s, args.max_batch, args.threads, [0], 1, want,
+                    args.run_timeout_s))
             # 1 vs all GPUs: worker.devices [0] against [0..n-1] (one worker each), the same streams
             all_devices = list(range(gpus)) if gpus else list(range(args.simulate_devices))
             multi: dict[str, Any] = {"gpus": gpus, "simulated_on_cpu": not gpus,
