@@ -194,25 +194,45 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: one per core)")
     parser.add_argument("--providers", default="cpu", help="execution providers in order, e.g. tensorrt,cuda,cpu")
-    parser.add_argument("--precision", default=None, choices=["auto", "fp32", "fp16"],
-                        help="the worker's model precision (default: the run's default)")
+    parser.add_argument("--precision", default=None, choices=["auto", "fp32", "fp16", "int8"],
+                        help="the worker's model precision (default: the run's default); int8: the graphs are "
+                        "exported first (`export --int8 --calibrate VIDEO`), and each ratio is also given against "
+                        "the fp32 raw loop (ratio_vs_fp32_raw)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="frametok-bench-") as tmp:
         os.environ.setdefault("FRAMETOK_CACHE", str(Path(tmp) / "cache"))
         clip = trim_video(args.video, args.frames, Path(tmp) / "clip.mp4")
         providers = tuple(args.providers.split(","))
-        raws = [raw_fps(clip, args.models, args.max_batch, args.threads, providers, args.precision)]
+        models = args.models
+        if args.precision == "int8":  # int8 graphs beside copies of the models, gated as `export --int8` does
+            sys.path.insert(0, str(ROOT / "bench"))
+            from precision import export  # type: ignore[import-not-found]
+
+            models = Path(tmp) / "models"
+            export(args.models, args.video.parent, models, half=False)
+        fp32_raws: list[dict[str, Any]] = []
+
+        def raw() -> dict[str, Any]:
+            if args.precision == "int8":
+                fp32_raws.append(raw_fps(clip, models, args.max_batch, args.threads, providers, "fp32"))
+            return raw_fps(clip, models, args.max_batch, args.threads, providers, args.precision)
+
+        raws = [raw()]
         results: dict[str, Any] = {}
         worker_counts = [int(w) for w in args.workers.split(",")]
         runs = [(int(s), w) for s in args.streams.split(",") for w in worker_counts]
         for count, workers in runs:
-            res = pipeline_fps(clip, args.models, count, args.max_batch, args.threads, providers, args.precision,
+            res = pipeline_fps(clip, models, count, args.max_batch, args.threads, providers, args.precision,
                                workers)
-            raws.append(raw_fps(clip, args.models, args.max_batch, args.threads, providers, args.precision))
+            raws.append(raw())
             before, after = raws[-2], raws[-1]
             raw_mean = (before["fps"] + after["fps"]) / 2
             res["raw_fps_before_after"] = [round(before["fps"], 2), round(after["fps"], 2)]
             res["ratio"] = round(res["fps"] / raw_mean, 3)
+            if fp32_raws:  # int8 pipeline against the fp32 models alone (the gain int8 brings)
+                fp32_mean = (fp32_raws[-2]["fps"] + fp32_raws[-1]["fps"]) / 2
+                res["fp32_raw_fps_before_after"] = [round(fp32_raws[-2]["fps"], 2), round(fp32_raws[-1]["fps"], 2)]
+                res["ratio_vs_fp32_raw"] = round(res["fps"] / fp32_mean, 3)
             models_only = (before["models_only_fps"] + after["models_only_fps"]) / 2
             res["ratio_models_only"] = round(res["fps"] / models_only, 3)
             res["fps"] = round(res["fps"], 2)
