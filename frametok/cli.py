@@ -307,10 +307,10 @@ def cmd_export_encoder(args: argparse.Namespace) -> int:
         if args.out is None:
             raise ConfigError("--out DIR is required when exporting a timm model")
         files = export_timm_encoder(args.model, args.out, img_size=args.img_size, random_init=args.random_init,
-                                    name=args.name, check=not args.no_check)
+                                    stage=args.stage, name=args.name, check=not args.no_check)
     m = files.manifest
     print(f"wrote {files.onnx_path} and {files.manifest_path}: grid {m.grid_hw} x {m.embed_dim}, "  # type: ignore[union-attr]
-          f"{m.prefix_tokens} prefix tokens, context {m.context}"  # type: ignore[union-attr]
+          f"{m.output_layout} output, {m.prefix_tokens} prefix tokens, context {m.context}"  # type: ignore[union-attr]
           + (" (RANDOM weights: for plumbing only)" if m.source.random_init else ""))
     _add_variants(files, args)
     return EXIT_OK
@@ -493,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--out", metavar="DIR")
     enc.add_argument("--random-init", action="store_true", help="random weights (offline plumbing)")
     enc.add_argument("--img-size", type=int, default=224)
+    enc.add_argument("--stage", type=int, metavar="I",
+                     help="a timm CNN's features_only stage to export as the patch grid (a feature_info index; "
+                          "-1, the default for a CNN: the last)")
     enc.add_argument("--mean", type=_floats3, metavar="R,G,B")
     enc.add_argument("--std", type=_floats3, metavar="R,G,B")
     enc.add_argument("--prefix-tokens", type=int, metavar="N", help="tokens before the grid (CLS, registers)")

@@ -1,5 +1,10 @@
 """Image encoders to ONNX: export a timm model, or write the manifest for an existing encoder ONNX.
 
+A timm ViT exports its ``forward_features`` tokens ``(N, T, D)`` (``output_layout: tokens``); a timm CNN
+(ResNet, ConvNeXt, MobileNet, ...) exports one stage of its ``features_only`` feature maps ``(N, C, H, W)``
+(``output_layout: nchw``, the last stage unless ``stage`` picks another), read at runtime as an ``H x W``
+patch grid of ``C`` values.
+
 :func:`export_timm_encoder` imports torch and timm inside the call only (the ``export`` extra);
 :func:`describe_encoder` needs onnxruntime alone.
 """
@@ -21,7 +26,7 @@ from numpy.typing import NDArray
 
 from ..errors import ExportError, FrametokError, ModelError
 from ..models.describe import describe_encoder_onnx
-from ..models.manifest import EncoderManifest, WeightsSource, write_manifest
+from ..models.manifest import EncoderLayout, EncoderManifest, WeightsSource, write_manifest
 from ..models.session import ModelFiles, create_session, locate_model
 from ._common import remove_quietly
 from ._deps import package_versions, require_modules
@@ -47,6 +52,8 @@ class _TokenLayout:
     prefix_tokens: int
     context: Literal["cls", "mean"]
     grid_hw: tuple[int, int]
+    output_layout: EncoderLayout = "tokens"
+    stage: int | None = None  # features_only: the feature_info index exported
 
 
 def _rgb_triple(values: Sequence[float], field: str, where: str) -> tuple[float, float, float]:
@@ -131,6 +138,65 @@ def _tokens_module(model: Any) -> Any:
     return TokensOnly(model).eval()
 
 
+def _create_timm_features(model_name: str, stage: int, random_init: bool) -> Any:
+    """timm ``model_name`` with ``features_only``, giving only stage ``stage`` (a ``feature_info`` index; -1 is
+    the last), in eval mode."""
+    import timm
+
+    kwargs: dict[str, Any] = {"pretrained": not random_init, "features_only": True, "out_indices": (stage,)}
+    try:
+        model = timm.create_model(model_name, **kwargs)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise ExportError(f"unknown timm model {model_name!r} (see timm.list_models())") from exc
+        raise _create_error(model_name, random_init, exc) from exc
+    except IndexError as exc:
+        full: Any = timm.create_model(model_name, pretrained=False, features_only=True)
+        stages = len(full.feature_info)
+        raise ExportError(f"timm model {model_name!r} has {stages} feature stages: --stage takes 0 to "
+                          f"{stages - 1}, or -1 (the last), not {stage}") from exc
+    except Exception as exc:  # hub / network / checkpoint errors come in many types
+        raise _create_error(model_name, random_init, exc) from exc
+    return model.eval()
+
+
+def _feature_map_module(model: Any) -> Any:
+    """Wrap a one-stage ``features_only`` model: image in, its (N, C, H, W) feature map out."""
+    import torch
+
+    class FeatureMap(torch.nn.Module):
+        def __init__(self, backbone: Any) -> None:
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            maps: list[torch.Tensor] = self.backbone(image)
+            return maps[0]
+
+    return FeatureMap(model).eval()
+
+
+def _feature_layout(
+    model_name: str, model: Any, shape: tuple[int, ...], input_hw: tuple[int, int], stage: int
+) -> _TokenLayout:
+    """Normalisation and grid of a one-stage features_only model, checked on its output ``shape``."""
+    where = f"timm model {model_name!r} stage {stage}"
+    channels = list(model.feature_info.channels())
+    if len(shape) != 4 or channels != [shape[1]]:
+        raise ExportError(f"{where}: gives shape {shape}, expected (N, {channels[0]}, H, W)")
+    config = _data_config(model)
+    return _TokenLayout(
+        input_hw=input_hw,
+        mean=_rgb_triple(config["mean"], "mean", where),
+        std=_rgb_triple(config["std"], "std", where),
+        prefix_tokens=0,
+        context="mean",
+        grid_hw=(int(shape[2]), int(shape[3])),
+        output_layout="nchw",
+        stage=stage,
+    )
+
+
 def _data_config(model: Any) -> dict[str, Any]:
     """timm's input size, mean and std for ``model`` (from its pretrained cfg)."""
     from timm.data import resolve_model_data_config  # type: ignore[attr-defined]
@@ -177,7 +243,7 @@ def _example_batch(input_hw: tuple[int, int]) -> Any:
     return torch.randn(PARITY_BATCH, 3, *input_hw, generator=generator)
 
 
-def _torch_onnx_export(module: Any, example: Any, path: Path, opset: int) -> None:
+def _torch_onnx_export(module: Any, example: Any, path: Path, opset: int, output: str = "tokens") -> None:
     import torch
 
     with warnings.catch_warnings():
@@ -187,15 +253,21 @@ def _torch_onnx_export(module: Any, example: Any, path: Path, opset: int) -> Non
             (example,),
             str(path),
             input_names=["image"],
-            output_names=["tokens"],
+            output_names=[output],
             opset_version=opset,
-            dynamic_axes={"image": {0: "batch"}, "tokens": {0: "batch"}},
+            dynamic_axes={"image": {0: "batch"}, output: {0: "batch"}},
             dynamo=False,
         )
 
 
+def _as_tokens(output: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Tokens along the last axis: an (N, C, H, W) feature map as (N, H, W, C), tokens as they are."""
+    return output.transpose(0, 2, 3, 1) if output.ndim == 4 else output
+
+
 def _token_parity(reference: NDArray[np.float32], got: NDArray[np.float32]) -> dict[str, Any]:
-    ref64, got64 = reference.astype(np.float64), got.astype(np.float64)
+    """Per-token cosine (a feature map's tokens: each position's channels) and max abs difference."""
+    ref64, got64 = _as_tokens(reference).astype(np.float64), _as_tokens(got).astype(np.float64)
     norms = np.linalg.norm(ref64, axis=-1) * np.linalg.norm(got64, axis=-1)
     cosine = (ref64 * got64).sum(axis=-1) / np.maximum(norms, 1e-12)
     return {
@@ -229,12 +301,42 @@ def _encoder_source(model_name: str, random_init: bool) -> tuple[WeightsSource, 
     return source, {**versions, "torch.onnx": TORCH_ONNX_EXPORTER}
 
 
+def _build(
+    model_name: str, img_size: int, random_init: bool, stage: int | None
+) -> tuple[Any, Any, NDArray[np.float32], _TokenLayout]:
+    """The torch module to export, its example batch, torch's output on it, and the layout read from timm.
+
+    ``stage`` None: a model whose ``forward_features`` gives tokens exports them; one that gives a feature map
+    (a CNN) exports its last ``features_only`` stage instead, as does any model with ``stage`` given.
+    """
+    import torch
+
+    if stage is None:
+        model, took_size = _create_timm_model(model_name, img_size, random_init)
+        module = _tokens_module(model)
+        input_hw = (img_size, img_size) if took_size else _default_input_hw(model)
+        example = _example_batch(input_hw)
+        with torch.inference_mode():
+            reference = module(example).numpy()
+        if reference.ndim != 4:
+            return module, example, reference, _token_layout(model_name, model, tuple(reference.shape), input_hw)
+        stage = -1
+    model = _create_timm_features(model_name, stage, random_init)
+    module = _feature_map_module(model)
+    example = _example_batch((img_size, img_size))  # a CNN takes any input size
+    with torch.inference_mode():
+        reference = module(example).numpy()
+    return module, example, reference, _feature_layout(model_name, model, tuple(reference.shape),
+                                                       (img_size, img_size), stage)
+
+
 def export_timm_encoder(
     model_name: str,
     out_dir: str | Path,
     *,
     img_size: int = 224,
     random_init: bool = False,
+    stage: int | None = None,
     opset: int = 17,
     name: str | None = None,
     check: bool = True,
@@ -245,27 +347,22 @@ def export_timm_encoder(
 ) -> ModelFiles:
     """Export timm ``model_name``'s ``forward_features`` tokens to ``out_dir/<name>.onnx`` with its manifest.
 
-    Input ``image`` (N, 3, H, W), output ``tokens`` (N, T, D), dynamic batch. The manifest is written
+    Input ``image`` (N, 3, H, W), output ``tokens`` (N, T, D), dynamic batch; a CNN (``forward_features`` gives
+    a feature map) or any model with ``stage`` given: output ``features`` (N, C, H, W) of ``features_only``
+    stage ``stage`` (default -1, the last), ``output_layout: nchw``. The manifest is written
     once torch and onnxruntime agree on a random batch (``check``). ``half`` also writes
     ``<name>.fp16.onnx``, checked against the fp32 graph on ``half_samples`` (see :func:`add_fp16`); ``int8``
     ``<name>.int8.onnx``, gated on frames of ``int8_calibrate`` (videos or images, see :func:`add_int8`).
     """
     require_modules(("torch", "timm", "onnx"), "exporting a timm encoder")
-    import torch
-
     name = name or re.sub(r"[^\w.-]+", "_", model_name)
     with tempfile.TemporaryDirectory(prefix="frametok-encoder-") as tmp:
         work = Path(tmp)
         onnx_tmp, manifest_tmp = work / f"{name}.onnx", work / f"{name}.json"
         try:
-            model, took_size = _create_timm_model(model_name, img_size, random_init)
-            module = _tokens_module(model)
-            input_hw = (img_size, img_size) if took_size else _default_input_hw(model)
-            example = _example_batch(input_hw)
-            with torch.inference_mode():
-                reference = module(example).numpy()
-            layout = _token_layout(model_name, model, tuple(reference.shape), input_hw)
-            _torch_onnx_export(module, example, onnx_tmp, opset)
+            module, example, reference, layout = _build(model_name, img_size, random_init, stage)
+            _torch_onnx_export(module, example, onnx_tmp, opset,
+                               "features" if layout.output_layout == "nchw" else "tokens")
             manifest = _describe_export(onnx_tmp, name, layout, model_name, random_init, opset)
             if check:
                 write_manifest(manifest, manifest_tmp)
@@ -297,6 +394,8 @@ def _describe_export(
     onnx_path: Path, name: str, layout: _TokenLayout, model_name: str, random_init: bool, opset: int
 ) -> EncoderManifest:
     source, exporter = _encoder_source(model_name, random_init)
+    if layout.stage is not None:
+        exporter["timm.features_only"] = f"stage {layout.stage}"
     manifest = describe_encoder_onnx(
         onnx_path,
         mean=layout.mean,
@@ -307,6 +406,7 @@ def _describe_export(
         input_size_hw=layout.input_hw,
         source=source,
         exporter={**exporter, "opset": str(opset)},
+        output_layout=layout.output_layout,
     )
     if manifest.grid_hw != layout.grid_hw:
         raise ExportError(

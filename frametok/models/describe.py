@@ -13,6 +13,7 @@ from ..errors import ModelError
 from .manifest import (
     DetectorHead,
     DetectorManifest,
+    EncoderLayout,
     EncoderManifest,
     WeightsSource,
     detector_output_problem,
@@ -141,6 +142,20 @@ def describe_ultralytics_onnx(path: str | Path, name: str | None = None) -> Dete
     )
 
 
+def _token_grid(path: Path, n_tokens: int, prefix_tokens: int | None) -> tuple[int, tuple[int, int]]:
+    """Prefix tokens and square grid of ``n_tokens`` tokens (prefix inferred when None: 1 when ``T - 1`` is a
+    square, else 0)."""
+    if prefix_tokens is None:
+        prefix_tokens = 1 if math.isqrt(max(n_tokens - 1, 0)) ** 2 == n_tokens - 1 else 0
+    side2 = n_tokens - prefix_tokens
+    side = math.isqrt(max(side2, 0))
+    if side2 <= 0 or side * side != side2:
+        raise ModelError(
+            f"{path}: {n_tokens} output tokens minus {prefix_tokens} prefix tokens is not a square grid"
+        )
+    return prefix_tokens, (side, side)
+
+
 def describe_encoder_onnx(
     path: str | Path,
     *,
@@ -152,11 +167,15 @@ def describe_encoder_onnx(
     input_size_hw: tuple[int, int] | None = None,
     source: WeightsSource | None = None,
     exporter: dict[str, str] | None = None,
+    output_layout: EncoderLayout | None = None,
 ) -> EncoderManifest:
-    """An encoder manifest for an ONNX image encoder with output ``(N, T, D)``.
+    """An encoder manifest for an ONNX image encoder with output ``(N, T, D)`` tokens or an ``(N, C, H, W)``
+    feature map.
 
-    The grid is read by running the graph once on zeros: ``T - prefix_tokens`` must be a square.
-    With ``prefix_tokens=None`` it is inferred (1 when ``T - 1`` is a square, else 0).
+    The output is read by running the graph once on zeros. Tokens (rank 3, ``output_layout: tokens``):
+    ``T - prefix_tokens`` must be a square; with ``prefix_tokens=None`` it is inferred (1 when ``T - 1`` is a
+    square, else 0). A feature map (rank 4, ``output_layout: nchw``): a ``H x W`` grid of ``D = C`` values, no
+    prefix tokens, context ``mean``. ``output_layout`` None: read from the rank; given: the rank must fit it.
     """
     path = Path(path).resolve()
     session = _open(path)
@@ -174,17 +193,20 @@ def describe_encoder_onnx(
         tokens = session.run([output.name], {input_name: probe})[0]
     except Exception as exc:  # onnxruntime's own error types
         raise ModelError(f"{path}: running the encoder on a {probe.shape} input failed: {exc}") from exc
-    if tokens.ndim != 3:
-        raise ModelError(f"{path}: output {output.name!r} has shape {tokens.shape}, expected (N, tokens, dim)")
-    n_tokens, dim = int(tokens.shape[1]), int(tokens.shape[2])
-    if prefix_tokens is None:
-        prefix_tokens = 1 if math.isqrt(n_tokens - 1) ** 2 == n_tokens - 1 else 0
-    side2 = n_tokens - prefix_tokens
-    side = math.isqrt(max(side2, 0))
-    if side2 <= 0 or side * side != side2:
-        raise ModelError(
-            f"{path}: {n_tokens} output tokens minus {prefix_tokens} prefix tokens is not a square grid"
-        )
+    layout: EncoderLayout = "nchw" if tokens.ndim == 4 else "tokens"
+    if tokens.ndim not in (3, 4) or (output_layout is not None and output_layout != layout):
+        want = {"tokens": "(N, tokens, dim)", "nchw": "(N, C, H, W)", None: "(N, tokens, dim) or (N, C, H, W)"}
+        raise ModelError(f"{path}: output {output.name!r} has shape {tokens.shape}, expected "
+                         f"{want[output_layout]}" + (f" (output_layout {output_layout})" if output_layout else ""))
+    if layout == "nchw":
+        if prefix_tokens or context == "cls":
+            raise ModelError(f"{path}: output {output.name!r} is a feature map {tokens.shape} (nchw): it has no "
+                             "prefix or CLS token (prefix_tokens 0, context mean)")
+        prefix_tokens, context = 0, "mean"
+        dim, grid_hw = int(tokens.shape[1]), (int(tokens.shape[2]), int(tokens.shape[3]))
+    else:
+        dim = int(tokens.shape[2])
+        prefix_tokens, grid_hw = _token_grid(path, int(tokens.shape[1]), prefix_tokens)
     if context is None:
         context = "cls" if prefix_tokens >= 1 else "mean"
     return EncoderManifest(
@@ -197,9 +219,10 @@ def describe_encoder_onnx(
         output_name=output.name,
         mean=mean,
         std=std,
+        output_layout=layout,
         prefix_tokens=prefix_tokens,
         context=context,
-        grid_hw=(side, side),
+        grid_hw=grid_hw,
         embed_dim=dim,
         source=source or WeightsSource(weights=path.name),
         exporter=exporter or {"described_by": "frametok", "onnxruntime": onnx_version()},

@@ -1,4 +1,5 @@
-"""Image encoder (ViT, DINOv2, CLIP vision tower, ...): frames in, context token and patch grid out."""
+"""Image encoder (ViT, DINOv2, CLIP vision tower, ... or a CNN's feature map): frames in, context token and
+patch grid out."""
 
 from __future__ import annotations
 
@@ -26,16 +27,40 @@ class EncodedFrames:
 
 
 class Encoder:
-    """Runs an ONNX image encoder and splits its tokens into a context token and a patch grid."""
+    """Runs an ONNX image encoder and splits its output into a context token and a patch grid.
+
+    The output must fit the manifest's ``output_layout`` (``tokens`` or ``nchw``) and grid: checked here, on
+    the graph's declared output shape or, when its axes are dynamic, on one run on zeros, so that a manifest
+    written for another graph is refused before any frame is encoded, naming both shapes.
+    """
 
     def __init__(self, manifest: EncoderManifest, session: Any) -> None:
         self.manifest = manifest
         self.session = session
         self.runner = SessionRunner(session, manifest.input_name, manifest.output_name)
+        self._check_output()
         m = manifest
         std = np.asarray(m.std, np.float32).reshape(3, 1, 1)
         self._scale: NDArray[np.float32] = np.float32(m.scale) / std
         self._offset: NDArray[np.float32] = np.asarray(m.mean, np.float32).reshape(3, 1, 1) / std
+
+    def _check_output(self) -> None:
+        m = self.manifest
+        outputs = [o for o in self.session.get_outputs() if o.name == m.output_name]
+        if not outputs:  # the session factory checks names; a hand-made session may not have
+            raise ModelError(f"encoder {m.name}: output {m.output_name!r} is not a graph output")
+        shape: list[Any] = list(outputs[0].shape or [])
+        if not shape or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+            n = m.batch if isinstance(m.batch, int) else 1
+            probe = np.zeros((n, 3, *m.input_size_hw), np.float32)
+            try:
+                shape = list(np.asarray(self.session.run([m.output_name], {m.input_name: probe})[0]).shape)
+            except Exception as exc:  # onnxruntime's / torch's own error types
+                raise ModelError(f"encoder {m.name}: running it on a {probe.shape} input failed: {exc}") from exc
+        problem = m.output_problem(shape)
+        if problem is not None:
+            raise ModelError(f"encoder {m.name}: {problem} (a manifest written for another graph; describe the "
+                             "ONNX again with `frametok export encoder MODEL.onnx`)")
 
     @property
     def precision(self) -> str:
@@ -58,7 +83,8 @@ class Encoder:
         out -= self._offset
 
     def infer(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        """Raw tokens ``(B, T, D)`` for a preprocessed batch ``(B, 3, H, W)``."""
+        """Raw output for a preprocessed batch ``(B, 3, H, W)``: tokens ``(B, T, D)``, or ``(B, D, gh, gw)``
+        with ``output_layout: nchw``."""
         m = self.manifest
         if m.batch == "dynamic" or batch.shape[0] == m.batch:
             return np.asarray(self.runner(batch), np.float32)
@@ -70,15 +96,18 @@ class Encoder:
         return np.concatenate(outs, axis=0).astype(np.float32, copy=False)
 
     def split(self, tokens: NDArray[np.float32]) -> EncodedFrames:
-        """Split raw tokens into context tokens and patch grids, checking the manifest's shape."""
+        """Split raw output into context tokens and patch grids, checking the manifest's shape.
+
+        ``nchw`` feature maps ``(B, D, gh, gw)`` become ``(B, gh, gw, D)`` grids (each position a token of
+        its channels), with the mean of the grid as context.
+        """
         m = self.manifest
         gh, gw = m.grid_hw
-        expected = (m.prefix_tokens + gh * gw, m.embed_dim)
-        if tokens.ndim != 3 or tokens.shape[1:] != expected:
-            raise ModelError(
-                f"encoder {m.name}: output shape {tokens.shape}, manifest expects (B, {expected[0]}, {expected[1]}) "
-                f"({m.prefix_tokens} prefix tokens + {gh}x{gw} grid)"
-            )
+        if tokens.ndim != (4 if m.output_layout == "nchw" else 3) or m.output_problem(tokens.shape) is not None:
+            raise ModelError(f"encoder {m.name}: output shape {tokens.shape}, manifest expects {m.expected_output()}")
+        if m.output_layout == "nchw":
+            patches = np.ascontiguousarray(tokens.transpose(0, 2, 3, 1))
+            return EncodedFrames(context=patches.mean(axis=(1, 2)), patches=patches)
         patches = tokens[:, m.prefix_tokens :, :].reshape(tokens.shape[0], gh, gw, m.embed_dim)
         context = tokens[:, 0, :] if m.context == "cls" else patches.mean(axis=(1, 2))
         return EncodedFrames(context=np.ascontiguousarray(context), patches=patches)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from ..errors import ModelError
 
@@ -22,6 +22,7 @@ __all__ = [
     "MANIFEST_SCHEMA_VERSION",
     "DetectorHead",
     "DetectorManifest",
+    "EncoderLayout",
     "EncoderManifest",
     "Fp16Variant",
     "Int8Variant",
@@ -40,6 +41,7 @@ MANIFEST_SCHEMA_VERSION = 1
 
 DetectorHead: TypeAlias = Literal["yolov8", "end2end", "rtdetr"]
 DETECTOR_HEADS: tuple[DetectorHead, ...] = ("yolov8", "end2end", "rtdetr")
+EncoderLayout: TypeAlias = Literal["tokens", "nchw"]
 
 
 class _Frozen(BaseModel):
@@ -206,10 +208,18 @@ def detector_output_problem(head: DetectorHead, num_classes: int, shape: Sequenc
 
 
 class EncoderManifest(_ManifestBase):
-    """An image encoder whose output is ``(N, prefix_tokens + gh * gw, D)`` patch tokens."""
+    """An image encoder; ``output_layout`` says how its output reads:
+
+    * ``tokens``: ``(N, prefix_tokens + gh * gw, D)`` patch tokens (ViTs: DINOv2, CLIP's vision tower, ...);
+    * ``nchw``: ``(N, D, gh, gw)``, a CNN feature map (ResNet, ConvNeXt, MobileNet stages): each of its
+      ``gh x gw`` positions is a patch token of ``D = C`` values; no prefix tokens, context ``mean``.
+
+    Either way the runtime turns it into the same ``(gh, gw, D)`` patch grid.
+    """
 
     kind: Literal["encoder"] = "encoder"
     resize: Literal["squash"] = "squash"
+    output_layout: EncoderLayout = "tokens"
     prefix_tokens: int = Field(ge=0, description="tokens before the patch grid (CLS, registers)")
     context: Literal["cls", "mean"]
     grid_hw: tuple[int, int]
@@ -222,14 +232,45 @@ class EncoderManifest(_ManifestBase):
             raise ValueError("context 'cls' needs prefix_tokens >= 1 (token 0 is the CLS token)")
         return value
 
+    @model_validator(mode="after")
+    def _nchw_has_no_prefix(self) -> EncoderManifest:
+        if self.output_layout == "nchw" and self.prefix_tokens != 0:
+            raise ValueError(f"output_layout 'nchw' (a feature map) has no prefix tokens, got {self.prefix_tokens}")
+        if min(self.grid_hw) <= 0:
+            raise ValueError(f"grid_hw: expected positive (gh, gw), got {self.grid_hw}")
+        return self
+
+    def expected_output(self) -> str:
+        """The output shape ``output_layout`` and the grid need, in words (for error messages)."""
+        gh, gw = self.grid_hw
+        if self.output_layout == "nchw":
+            return f"(N, {self.embed_dim}, {gh}, {gw}) (nchw: {self.embed_dim} channels on a {gh}x{gw} grid)"
+        return (f"(N, {self.prefix_tokens + gh * gw}, {self.embed_dim}) (tokens: {self.prefix_tokens} prefix "
+                f"tokens + a {gh}x{gw} grid of {self.embed_dim} values)")
+
+    def output_problem(self, shape: Sequence[int | str | None]) -> str | None:
+        """Why an output of ``shape`` (ints, or names/None for dynamic axes) does not fit this manifest; None if
+        it fits (a dynamic axis fits anything)."""
+        dims = tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
+        gh, gw = self.grid_hw
+        want: tuple[int, ...] = ((self.embed_dim, gh, gw) if self.output_layout == "nchw"
+                                 else (self.prefix_tokens + gh * gw, self.embed_dim))
+        if len(dims) == 1 + len(want) and all(d is None or d == w for d, w in zip(dims[1:], want, strict=True)):
+            return None
+        shown = "(" + ", ".join(str(d) if d is not None else "?" for d in dims) + ")"
+        return f"output {shown} does not fit output_layout {self.output_layout}: expected {self.expected_output()}"
+
     def info(self) -> dict[str, Any]:
-        return {
+        info: dict[str, Any] = {
             "id": self.model_id,
             "name": self.name,
             "grid_hw": list(self.grid_hw),
             "embed_dim": self.embed_dim,
             "context": self.context,
         }
+        if self.output_layout != "tokens":
+            info["output_layout"] = self.output_layout
+        return info
 
 
 Manifest: TypeAlias = Annotated[DetectorManifest | EncoderManifest, Field(discriminator="kind")]
