@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from frametok.models.detector import Detector, letterbox_into
+from frametok.models.manifest import DetectorManifest
 from frametok.models.session import create_session
 from frametok.registry import resolve_model
 
@@ -98,3 +99,61 @@ def test_threads_spin_only_when_asked(shared_models: Path) -> None:
     on = create_session(files, ("cpu",), threads=1, spin_wait=True).get_session_options()
     with pytest.raises(Exception):  # noqa: B017 - onnxruntime's own error: the entry is not set
         on.get_session_config_entry(key)
+
+
+# --------------------------------------------------------------------------- heads (synthetic outputs, no model)
+
+
+class _NoSession:
+    def get_providers(self) -> list[str]:
+        return ["CPUExecutionProvider"]
+
+
+def _manifest(head: str, resize: str = "letterbox", classes: int = 3) -> DetectorManifest:
+    return DetectorManifest(name="t", onnx_file="t.onnx", onnx_sha256="0" * 64, input_name="images",
+                            input_size_hw=(640, 640), output_name="output0", output_format=head,  # type: ignore[arg-type]
+                            resize=resize, class_names=[str(i) for i in range(classes)])  # type: ignore[arg-type]
+
+
+def test_end2end_rows_back_to_source_pixels() -> None:
+    """(K, 6) rows x1 y1 x2 y2 score class in input pixels: threshold, max_det, most confident first, no NMS
+    (two overlapping boxes of one class both stay), un-letterboxed (768x576 frame: gain 640/768, pad 80)."""
+    det = Detector(_manifest("end2end"), _NoSession(), conf_threshold=0.25, max_det=2)
+    _, info = letterbox_into(np.zeros((576, 768, 3), np.uint8), (640, 640))
+    rows = np.array([[100, 180, 200, 280, 0.6, 1], [102, 182, 200, 280, 0.9, 1], [0, 0, 10, 10, 0.1, 2],
+                     [300, 300, 400, 400, 0.3, 0]], np.float32)
+    out = det.postprocess(rows, info)
+    assert out.class_id.tolist() == [1, 1] and out.score.tolist() == pytest.approx([0.9, 0.6])
+    g = 640 / 768
+    np.testing.assert_allclose(out.xyxy[1], [100 / g, 100 / g, 200 / g, 200 / g], rtol=1e-5)
+
+
+def test_rtdetr_normalised_rows_and_squash() -> None:
+    """RT-DETR: (K, 6) cx cy w h score class normalised to the input, or (K, 4 + C) per-class scores; the squash
+    resize maps x and y back with their own gains."""
+    det = Detector(_manifest("rtdetr", "squash", classes=3), _NoSession(), conf_threshold=0.25)
+    frame = np.zeros((300, 1000, 3), np.uint8)
+    out_img = np.empty((3, 640, 640), np.float32)
+    info = det.preprocess(frame, out_img)
+    assert info.gain == pytest.approx(0.64) and info.gain_y == pytest.approx(640 / 300)
+    six = np.array([[0.5, 0.5, 0.2, 0.4, 0.8, 2], [0.1, 0.1, 0.1, 0.1, 0.2, 0]], np.float32)
+    out = det.postprocess(six, info)
+    assert out.class_id.tolist() == [2]
+    np.testing.assert_allclose(out.xyxy[0], [400, 90, 600, 210], rtol=1e-5)
+    per_class = np.array([[0.5, 0.5, 0.2, 0.4, 0.1, 0.7, 0.3]], np.float32)  # (K, 4 + 3)
+    det7 = Detector(_manifest("rtdetr", "squash", classes=3), _NoSession())
+    out7 = det7.postprocess(per_class, info)
+    assert out7.class_id.tolist() == [1] and out7.score.tolist() == pytest.approx([0.7])
+
+
+def test_output_problem_names_both_shapes() -> None:
+    yolo = _manifest("yolov8", classes=80)
+    assert yolo.output_problem([1, 84, 8400]) is None and yolo.output_problem(["batch", 84, "anchors"]) is None
+    assert yolo.output_problem([1, 300, 6]) == (
+        "output (1, 300, 6) does not fit output_format yolov8: expected (N, 4 + 80 classes, anchors)")
+    e2e = _manifest("end2end", classes=80)
+    assert e2e.output_problem([1, 300, 6]) is None
+    assert "expected (N, K, 6)" in str(e2e.output_problem([1, 84, 8400]))
+    rt = _manifest("rtdetr", classes=80)
+    assert rt.output_problem([1, 300, 6]) is None and rt.output_problem([1, 300, 84]) is None
+    assert rt.output_problem([1, 84, 8400]) is not None
