@@ -96,6 +96,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     w, h = (int(v) for v in args.size.split("x"))
     rows: list[tuple[int, int, int, int, int, int]] = []  # recv, capture, decode, infer, publish ns; frame
     dropped: list[int] = []
+    reused = 0  # still frames (motion gating, on for live sources): the models did not run on them
     with NetServer(fps=args.fps, clip=args.clip, size_wh=(w, h)) as server, \
             Subscriber(endpoint, timeout_s=30) as sub:
         cmd = [sys.executable, "-m", "frametok", "run", "--source", f"cam={server.uri}", "--publish", endpoint,
@@ -118,6 +119,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 t = msg.timestamps
                 rows.append((now, t.t_capture_ns, t.t_decode_ns, t.t_infer_ns, t.t_publish_ns, msg.frame_index))
                 dropped.append(msg.dropped)
+                reused += msg.reused
         finally:
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=60)
@@ -147,6 +149,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "frames_arrived": arrived,
         "dropped": drops,
         "drop_rate": round(drops / arrived, 3),
+        "reused": reused,
         "latency_ms": {
             "first_window": _stats(latency[first].tolist()),
             "last_window": _stats(latency[last].tolist()),

@@ -43,6 +43,7 @@ class SoftTokenStream:
         self._last_thumb: NDArray[np.float32] | None = None
         self._undo_thumb: NDArray[np.float32] | None = None
         self._last: SoftTokens | None = None
+        self._settle: NDArray[np.floating] | None = None  # the last grid the encoder made, until a frame follows
         self.skipped = 0
         self.reused = 0  # still frames (motion gating)
 
@@ -82,6 +83,7 @@ class SoftTokenStream:
             grid = patches.astype(self.wire)
         tokens = SoftTokens(context.astype(self.wire), content, q_tokens, q_scores, grid, update)
         self._last = tokens
+        self._settle = patches if self.compressor is not None else None
         return tokens
 
     def skip(self, reused: bool = False) -> SoftTokens:
@@ -93,10 +95,24 @@ class SoftTokenStream:
         else:
             self.skipped += 1
         last = self._last
-        if self.compressor is not None:
-            return SoftTokens(last.context, last.content, last.query_tokens, last.query_scores, None,
-                              self._unchanged_grid(self.compressor))
+        settle, self._settle = self._settle, None
+        comp = self.compressor
+        if comp is not None:
+            update = self._settled_grid(comp, settle) if reused and settle is not None else self._unchanged_grid(comp)
+            return SoftTokens(last.context, last.content, last.query_tokens, last.query_scores, None, update)
         return last
+
+    @staticmethod
+    def _settled_grid(comp: GridCompressor, grid: NDArray[np.floating]) -> GridUpdate:
+        """The first still frame after the models ran: a delta at half of tau towards the grid they made,
+        so that the grid subscribers hold through the still stretch is within tau/2 of a real output
+        (deltas alone keep it within tau, and reuse adds its own distance on top of that)."""
+        tau = comp.tau
+        comp.tau = tau / 2
+        try:
+            return comp.encode(grid)
+        finally:
+            comp.tau = tau
 
     @staticmethod
     def _unchanged_grid(comp: GridCompressor) -> GridUpdate:
