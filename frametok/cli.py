@@ -283,7 +283,7 @@ def cmd_export_yolo(args: argparse.Namespace) -> int:
         _add_variants(locate_model(path), args)
         return EXIT_OK
     files = export_yolo(weights if weights.exists() else args.weights, Path(args.out), imgsz=args.imgsz,
-                        name=args.name, check=not args.no_check)
+                        name=args.name, check=not args.no_check, end2end=True if args.end2end else None)
     print(f"wrote {files.onnx_path} and {files.manifest_path}; parity: {files.manifest.parity}")
     _add_variants(files, args)
     return EXIT_OK
@@ -486,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     yolo.add_argument("--imgsz", type=int, default=640)
     yolo.add_argument("--name")
     yolo.add_argument("--no-check", action="store_true", help="skip the parity check against ultralytics")
+    yolo.add_argument("--end2end", action="store_true",
+                      help="export the NMS-free one-to-one head (YOLO26, YOLOv10: output (N, 300, 6)) instead of "
+                      "Ultralytics' default one-to-many head")
     _half_flags(yolo)
     yolo.set_defaults(func=cmd_export_yolo)
     enc = exp_sub.add_parser("encoder", help="timm model name, or an encoder .onnx that needs a manifest")

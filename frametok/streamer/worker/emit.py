@@ -3,14 +3,11 @@ publish one packet per frame in order, release ring slots once their packets are
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ...grid import GridUpdate
 from ...packet import Detections, EndOfStream, Timestamps, TokenPacket
 from ..delivery.feed import HubFeed
 from ..ipc.notices import EndNotice, FrameNotice
@@ -39,10 +36,11 @@ class Emitter:
         self.active_until = 0.0  # monotonic: the last batch of frames was published
         # image folders that are not a sequence: every image its own scene, so no track crosses images
         self.scene_per_frame = frozenset(s.id for s in models.config.sources if s.kind == "images" and not s.sequence)
-        # keyframes live subscribers asked for, coalesced: at most one per stream per ``key_gap`` grid updates
+        # keyframes live subscribers asked for, coalesced: the first at once, then at most one per stream per
+        # ``key_gap`` grid updates (periodic and scene-cut keys do not count: they are no subscriber's doing)
         self.key_gap = publisher.config.forced_keyframe_gap
         self._keys_wanted: set[str] = set()
-        self._since_key: dict[str, int] = {}  # grid updates since the stream's last key
+        self._since_forced: dict[str, int] = {}  # grid updates since the stream's last forced key
         self.forced_keys = 0
 
     def want_keyframe(self, stream_id: str) -> None:
@@ -51,18 +49,11 @@ class Emitter:
 
     def _force_key_if_due(self, stream_id: str, st: StreamState) -> None:
         if (stream_id in self._keys_wanted and st.soft is not None
-                and self._since_key.get(stream_id, self.key_gap) + 1 >= self.key_gap):
+                and self._since_forced.get(stream_id, self.key_gap) >= self.key_gap):
             self._keys_wanted.discard(stream_id)
             st.soft.request_keyframe()
+            self._since_forced[stream_id] = 0
             self.forced_keys += 1
-
-    def _whole_grid(self, packet: TokenPacket, st: StreamState) -> TokenPacket:
-        """``packet`` with its grid whole: the reference grid after its update (what in-sync subscribers hold)."""
-        update = packet.grid_update
-        comp = st.soft.compressor if st.soft is not None else None
-        assert update is not None and comp is not None and comp.reference is not None
-        whole = GridUpdate("key", update.n, update.grid_hw, values=comp.reference.copy(), reason="join")
-        return dataclasses.replace(packet, grid_update=whole)
 
     def mark_active(self) -> None:
         if self.active_since is None:
@@ -136,12 +127,10 @@ class Emitter:
                 damaged=notice.damaged,
                 reused=item.reused,
             )
-            update = soft.grid_update
-            if update is not None:
-                self._since_key[notice.stream_id] = 0 if update.kind == "key" else self._since_key.get(
-                    notice.stream_id, 0) + 1
-            message_id = self.publisher.publish(
-                packet, functools.partial(self._whole_grid, packet, st) if update is not None else None)
+            if soft.grid_update is not None:
+                self._since_forced[notice.stream_id] = self._since_forced.get(notice.stream_id, self.key_gap) + 1
+            # a lossless joiner's whole grid is made by the hub, from the grids it published
+            message_id = self.publisher.publish(packet)
             self._release_when_delivered(item.ring, notice, message_id)
             st.published += 1
             st.last_frame = notice.frame_index
