@@ -71,19 +71,21 @@ class Emitter:
         for i, item in enumerate(batch.frames):  # in frame order within each stream
             st = self.streams[item.notice.stream_id]
             if item.reused:
-                # a still frame (motion gating): the last frame's boxes and track ids again; its tracker is
-                # not fed (the same boxes would tell it every object stopped, and age its lost tracks)
-                dets[i] = st.last_detections
+                # a still frame (motion gating): the last frame's boxes again, and the tracker is fed them:
+                # its tracks age in frames, i.e. in time, as in a full run (a track lost just before a long
+                # still stretch must not come back for whoever enters after it), and nothing moved
+                found = st.last_detections
+            elif out.detections_raw is not None and item.detector_row >= 0:
+                found = detector.postprocess(out.detections_raw[item.detector_row], item.letterbox)  # type: ignore[arg-type]
+                st.last_detections = found
+            else:
                 continue
-            if out.detections_raw is None or item.detector_row < 0:
-                continue
-            found = detector.postprocess(out.detections_raw[item.detector_row], item.letterbox)  # type: ignore[arg-type]
             tracker = st.tracker
-            if tracker is not None:
+            if tracker is not None and found is not None:
                 if item.reset_tracker or item.notice.stream_id in self.scene_per_frame:
                     tracker.reset()  # ids already handed out are never handed out again
                 found = tracker.update(found)
-            dets[i] = st.last_detections = found
+            dets[i] = found
         return dets
 
     def publish(self, batch: Batch, out: Inference) -> None:

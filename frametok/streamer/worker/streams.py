@@ -29,7 +29,7 @@ class StreamState:
     last_frame: int = -1  # the frame index of the last packet published
     reset_tracker: bool = False  # the stream reconnected: its next frame starts the tracker afresh
     motion: MotionGate | None = None  # motion gating (None: off): still frames re-send the last tokens
-    last_detections: Detections | None = None  # the hard tokens of the last frame the detector ran on
+    last_detections: Detections | None = None  # what the detector found in the last frame it ran on (untracked)
 
 
 def make_streams(models: LoadedModels, resume: WorkerResume | None) -> tuple[dict[str, StreamState], set[str]]:
