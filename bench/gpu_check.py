@@ -476,7 +476,6 @@ def _measure(args: argparse.Namespace, results: dict[str, Any], errors: list[str
         return  # no GPU (or no torch): nothing below would measure what this check is for
     gpus = int(env["gpus"]) if env and want == "cuda" else 0
     _step(results, errors, "decode", lambda: decode_ceiling(args.video, args.decode_limit_s))
-    _step(results, errors, "parity", lambda: parity(args.models, args.media, args.threads))
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         clip = _step(results, errors, "clip", lambda: str(trim(args.video, args.frames, Path(tmp) / "clip.mp4")))
         if clip is not None:
@@ -484,6 +483,9 @@ def _measure(args: argparse.Namespace, results: dict[str, Any], errors: list[str
             results["clip"] = {"frames_per_stream": args.frames, "from": args.video.name}
             _step(results, errors, "models_loop", lambda: models_loop(clip_path, args.models, args.max_batch,
                                                                        args.threads))
+            # known (CPU dry runs): this in-process loop ran 5-20x slower than a fresh process's (2.9 fps) and
+            # the pipeline; cause not found yet: read the pipeline figures, not this one, until it is
+            _step(results, errors, "parity", lambda: parity(args.models, args.media, args.threads))
             run: dict[str, Any] = {}
             results["pipeline"] = run
             streams = [int(s) for s in args.streams.split(",")]
