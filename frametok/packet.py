@@ -52,7 +52,7 @@ __all__ = [
     "validate_stream_id",
 ]
 
-PROTOCOL_VERSION: tuple[int, int] = (1, 1)
+PROTOCOL_VERSION: tuple[int, int] = (1, 2)
 
 MAX_HEADER_BYTES = 1 << 20
 MAX_BUFFERS = 64
@@ -287,6 +287,7 @@ class StreamInfo:
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     seq: int = -1
     worker: int | None = None  # (1.2) the index of the worker that serves the stream
+    streams: tuple[str, ...] | None = None  # (1.2) the ids of every stream the publisher serves (its run's)
 
     def __post_init__(self) -> None:
         validate_stream_id(self.stream_id)
@@ -294,6 +295,11 @@ class StreamInfo:
             raise ValueError(f"policy: expected 'file' or 'live', got {self.policy!r}")
         if self.worker is not None and (not isinstance(self.worker, int) or self.worker < 0):
             raise ValueError(f"worker: expected an integer >= 0, got {self.worker!r}")
+        if self.streams is not None:
+            for sid in self.streams:
+                validate_stream_id(sid)
+            if len(set(self.streams)) != len(self.streams):
+                raise ValueError(f"streams: a stream id appears twice in {list(self.streams)!r:.200}")
 
     def class_names(self) -> list[str]:
         """Class names of the stream's detector (empty when it has none or they are malformed)."""
@@ -432,6 +438,8 @@ def encode(
         header.update(kind="info", policy=message.policy, models=_jsonable(message.models))
         if message.worker is not None:
             header["worker"] = message.worker
+        if message.streams is not None:
+            header["streams"] = list(message.streams)
     else:
         raise TypeError(f"cannot encode {type(message).__name__}")
     descriptors: list[dict[str, Any]] = []
@@ -687,7 +695,9 @@ def _decode_reference(parts: Sequence[Any]) -> Message:
             worker = _field(header, "worker", int, optional=True)
             if worker is not None and worker < 0:
                 raise ValueError(f"worker: expected an integer >= 0, got {worker}")
-            return StreamInfo(stream_id, _field(header, "policy", str), _field(header, "models", dict), seq, worker)
+            streams = _field(header, "streams", list, optional=True)
+            return StreamInfo(stream_id, _field(header, "policy", str), _field(header, "models", dict), seq, worker,
+                              None if streams is None else tuple(streams))
     except ValueError as exc:
         raise ProtocolError(f"{kind}: {exc}") from exc
     raise ProtocolError(f"unknown message kind {kind!r}")
@@ -760,6 +770,7 @@ class _InfoHead(_Head, tag="info", kw_only=True):
     policy: Policy
     models: dict[str, Any]
     worker: _NonNeg | None = None
+    streams: list[str] | None = None
 
 
 _HEADER = msgspec.json.Decoder(_FrameHead | _StatusHead | _EosHead | _InfoHead)
@@ -881,8 +892,12 @@ def _decode_fast(parts: Sequence[Any]) -> Message:
         return _new(EndOfStream, {"stream_id": h.stream, "frames": h.frames, "reason": h.reason, "detail": h.detail,
                                   "seq": h.seq})
     if type(h) is _InfoHead:
+        streams = h.streams
+        if streams is not None and (len(set(streams)) != len(streams)
+                                    or not all(_STREAM_ID.fullmatch(s) for s in streams)):
+            raise _Slow
         return _new(StreamInfo, {"stream_id": h.stream, "policy": h.policy, "models": h.models, "seq": h.seq,
-                                 "worker": h.worker})
+                                 "worker": h.worker, "streams": None if streams is None else tuple(streams)})
     raise _Slow
 
 

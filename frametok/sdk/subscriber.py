@@ -47,8 +47,9 @@ class Subscriber:
     ``streams``: stream ids to receive (None: all). ``mode``: ``live`` or ``lossless`` (then
     ``endpoint`` is the publisher's lossless endpoint and ``credit`` the number of messages it may
     send ahead). ``strict``: raise :class:`ProtocolError` on a malformed message instead of logging,
-    counting and skipping it. Iteration ends when every stream seen has sent its end-of-stream
-    (``until_eos``), or on ``timeout_s`` of silence. ``curve_secret_key``/``curve_server_key``: key
+    counting and skipping it. Iteration ends when every stream wanted (None: every stream seen, and every
+    stream a publisher's info announces) has sent its end-of-stream (``until_eos``), or on ``timeout_s`` of
+    silence. ``curve_secret_key``/``curve_server_key``: key
     files (from ``frametok keys``) for a publisher that requires CURVE.
     """
 
@@ -261,10 +262,14 @@ class Subscriber:
             return msg
 
     def _all_ended(self) -> bool:
-        """Every stream wanted (or seen, and at least one from each publisher) has ended."""
-        if self.streams is None and len(set(self._owner.values())) < len(self._links):
+        """Every stream wanted (or seen or announced, and at least one from each publisher) has ended."""
+        if self.streams is not None:
+            return self._seq.all_ended(self.streams)
+        if len(set(self._owner.values())) < len(self._links):
             return False
-        return self._seq.all_ended(self.streams)
+        # (1.2) each info names every stream its publisher serves: wait for the eos of those not seen yet too
+        announced = {sid for info in self.infos.values() for sid in info.streams or ()}
+        return self._seq.all_ended(sorted(announced | set(self._seq.last_seq)))
 
     def __iter__(self) -> Iterator[Message]:
         while not (self.until_eos and self._all_ended()):

@@ -66,17 +66,18 @@ Each folder is one ZeroMQ multipart message:
   * invalid message: `{"valid": false, "error": <code>, "description": <str>}`: a decoder must
     reject it (`code` names the broken rule, informative only).
 
-`content` is the decoded message, with only the fields protocol 1.1 defines (unknown header
+`content` is the decoded message, with only the fields protocol 1.2 defines (unknown header
 fields and unknown buffers are dropped), defaults applied (`pts_s` null when absent, `t_ns` keys
-0 when absent, `models` `{}` when absent or null in a frame):
+0 when absent, `models` `{}` when absent or null in a frame, `damaged` and `reused` false when absent
+or null, `worker` and `streams` null when absent):
 
 * every kind: `kind`, `stream`, `seq`, and `buffers`: an object mapping each known buffer name to
   `{"dtype": <str>, "shape": [<int>...], "data": <nested lists, row-major>}` (`{}` when none);
 * `frame`: `frame`, `pts_s`, `size_wh`, `policy`, `dropped`,
-  `t_ns` (`capture`, `decode`, `infer`, `publish`), `models`;
+  `t_ns` (`capture`, `decode`, `infer`, `publish`), `models`, `damaged`, `reused`, and `grid` when present;
 * `status`: `state`, `detail`, `t_ns`;
 * `eos`: `frames`, `reason`, `detail`;
-* `info`: `policy`, `models`.
+* `info`: `policy`, `models`, `worker`, `streams`.
 
 Float data are exact: every float16/float32 value is written as the shortest decimal that reads
 back as the same IEEE double.
@@ -106,6 +107,8 @@ def content(message: Message) -> dict[str, Any]:
             t_ns={"capture": ts.t_capture_ns, "decode": ts.t_decode_ns, "infer": ts.t_infer_ns,
                   "publish": ts.t_publish_ns},
             models=dict(message.models),
+            damaged=message.damaged,
+            reused=message.reused,
         )
         det = message.detections
         if det is not None:
@@ -140,7 +143,8 @@ def content(message: Message) -> dict[str, Any]:
     elif isinstance(message, EndOfStream):
         out.update(kind="eos", frames=message.frames, reason=message.reason, detail=message.detail)
     elif isinstance(message, StreamInfo):
-        out.update(kind="info", policy=message.policy, models=json.loads(json.dumps(message.models)))
+        out.update(kind="info", policy=message.policy, models=json.loads(json.dumps(message.models)),
+                   worker=message.worker, streams=None if message.streams is None else list(message.streams))
     else:  # pragma: no cover
         raise TypeError(type(message).__name__)
     out["buffers"] = buffers
@@ -238,6 +242,36 @@ def info() -> StreamInfo:
     )
 
 
+def frame_damaged() -> TokenPacket:
+    """(1.2) A frame the source's decoder concealed errors in: marked damaged."""
+    rng = np.random.default_rng(4)
+    size = (720, 576)
+    return TokenPacket(
+        stream_id="cam0", frame_index=118, pts_s=4.72, size_wh=size, policy="file", dropped=0,
+        timestamps=Timestamps(T0 + 118, T0 + 119, T0 + 120, T0 + 121),
+        detections=_detections(rng, 2, size, tracks=True),
+        context_token=rng.standard_normal(8).astype(np.float16),
+        models={"detector": "yolov8n@6a83c3cd1161", "encoder": "dinov2_vits14@6cec4a98e8cb"},
+        seq=121, damaged=True,
+    )
+
+
+def info_worker() -> StreamInfo:
+    """(1.2) An info naming the worker serving the stream and every stream of the publisher."""
+    return StreamInfo(
+        "dock", "live",
+        {"detector": {"id": "yolov8n@6a83c3cd1161", "name": "yolov8n", "class_names": ["person", "forklift"],
+                      "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"], "precision": "fp16"},
+         "encoder": {"id": "dinov2_vits14@6cec4a98e8cb", "name": "dinov2_vits14", "grid_hw": [2, 3],
+                     "embed_dim": 8, "context": "cls", "dtype": "float16", "pool": 1,
+                     "providers": ["CPUExecutionProvider"], "precision": "fp32", "queries": ["forklift", "pallet"],
+                     "compression": {"tau": 0.05, "keyframe_interval": 100}},
+         "tracker": {"kind": "bytetrack", "activation_threshold": 0.25, "lost_track_buffer": 60,
+                     "matching_threshold": 0.9, "min_consecutive_frames": 1}},
+        seq=7, worker=1, streams=("cam0", "dock", "lobby.cam-2"),
+    )
+
+
 def _grid_frame(index: int, seq: int, update: GridUpdate, **extra: Any) -> TokenPacket:
     rng = np.random.default_rng(10 + index)
     return TokenPacket(
@@ -272,6 +306,13 @@ def frame_grid_skip() -> TokenPacket:
     return _grid_frame(2, 5, GridUpdate("skip", 2, (2, 3)),
                        content_tokens=rng.standard_normal((1, 1, 8)).astype(np.float16),
                        preview_jpeg=bytes.fromhex("ffd8ffe000104a46494600010100000100010000ffd9"))
+
+
+def frame_reused() -> TokenPacket:
+    """(1.2) A still frame (motion gating): the models did not run, the grid is unchanged (a skip)."""
+    rng = np.random.default_rng(23)
+    return _grid_frame(3, 6, GridUpdate("skip", 3, (2, 3)), reused=True,
+                       content_tokens=rng.standard_normal((1, 1, 8)).astype(np.float16))
 
 
 def worked_example() -> TokenPacket:
@@ -312,6 +353,22 @@ def _newer_minor() -> Parts:
     header["t_ns"]["exposure"] = 123  # an unknown timestamp too
     header["buffers"].append({"name": "depth", "dtype": "uint8", "shape": [2, 3]})
     return _with_header(parts, header, bytes(range(6)))
+
+
+def _grid_null() -> Parts:
+    """A frame without compression whose header says ``"grid": null``: the same as no grid."""
+    parts = _wire(frame_detections_f16())
+    header = _header(parts)
+    header["grid"] = None
+    return _with_header(parts, header)
+
+
+def _set(field: str, value: Any) -> Callable[[Parts], Parts]:
+    def mutate(parts: Parts) -> Parts:
+        header = _header(parts)
+        header[field] = value
+        return _with_header(parts, header)
+    return mutate
 
 
 def _invalid(base: Callable[[], Message], mutate: Callable[[Parts], Parts]) -> Parts:
@@ -361,6 +418,12 @@ def _grid_key_without_patches(parts: Parts) -> Parts:
     return _with_header(parts, header)
 
 
+def _grid_kind_full(parts: Parts) -> Parts:
+    header = _header(parts)
+    header["grid"]["kind"] = "full"  # none of key, delta, skip
+    return _with_header(parts, header)
+
+
 def _five_dims(parts: Parts) -> Parts:
     header = _header(parts)
     header["buffers"][-1]["shape"] = [1, *header["buffers"][-1]["shape"], 1]
@@ -383,6 +446,11 @@ VALID: dict[str, tuple[Callable[[], Message], str]] = {
                          "1 and 5 of the 2x3 grid replaced"),
     "frame_grid_skip": (frame_grid_skip, "frame (1.1): the encoder was skipped, the grid is unchanged; "
                         "a preview (the bytes of a tiny JPEG file)"),
+    "frame_damaged": (frame_damaged, "frame (1.2): damaged true (the source's decoder concealed errors), "
+                      "2 tracked detections and ctx"),
+    "frame_reused": (frame_reused, "frame (1.2): reused true (a still frame: no model ran), a grid skip"),
+    "info_worker": (info_worker, "info (1.2): worker 1 and streams (every stream the publisher serves); "
+                    "the encoder's info keys in use"),
 }
 
 INVALID: dict[str, tuple[Callable[[], Message], Callable[[Parts], Parts], str, str]] = {
@@ -399,6 +467,13 @@ INVALID: dict[str, tuple[Callable[[], Message], Callable[[Parts], Parts], str, s
                            "patch_index 6 lies outside a 2x3 grid"),
     "invalid_grid_key_without_patches": (frame_grid_delta, _grid_key_without_patches, "grid",
                                          "grid.kind key with a delta's buffers"),
+    "invalid_grid_kind": (frame_grid_key, _grid_kind_full, "grid", "grid.kind is \"full\": not key, delta or skip"),
+    "invalid_damaged_not_boolean": (frame_damaged, _set("damaged", 1), "field", "(1.2) damaged is 1, not a boolean"),
+    "invalid_worker_negative": (info_worker, _set("worker", -1), "field", "(1.2) worker is -1"),
+    "invalid_streams_bad_id": (info_worker, _set("streams", ["cam0", "caf\u00e9"]), "value",
+                               "(1.2) streams holds a string that is no stream id"),
+    "invalid_streams_twice": (info_worker, _set("streams", ["cam0", "dock", "cam0"]), "value",
+                              "(1.2) streams names cam0 twice"),
 }
 
 
@@ -414,6 +489,11 @@ def build() -> dict[str, Vector]:
         "description": "frame_tracks_f32 as written by a version 1.3 writer: an unknown header field, an "
                        "unknown t_ns key and an unknown buffer 'depth', all to be ignored",
         "content": content(frame_tracks_f32()),
+    })
+    out["frame_grid_null"] = (_grid_null(), {
+        "valid": True, "canonical": False,
+        "description": "frame_detections_f16 with \"grid\": null in its header: the same as no grid field",
+        "content": content(frame_detections_f16()),
     })
     for name, (make, mutate, code, description) in INVALID.items():
         out[name] = (_invalid(make, mutate), {"valid": False, "error": code, "description": description})

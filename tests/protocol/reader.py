@@ -1,4 +1,4 @@
-"""An independent decoder of frametok wire protocol 1.1, written from ``docs/protocol.md`` only.
+"""An independent decoder of frametok wire protocol 1.2, written from ``docs/protocol.md`` only.
 
 It deliberately does not import frametok: it checks that the document is enough to write a
 decoder, and that ``frametok.packet`` agrees with it. ``read(parts)`` returns the decoded content
@@ -90,6 +90,26 @@ def _str(obj: dict[str, Any], key: str, choices: Sequence[str] | None = None, *,
     return value
 
 
+def _flag(obj: dict[str, Any], key: str) -> bool:
+    """An optional boolean (1.2): absent or null is false."""
+    value = obj.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise Malformed("field", f"{key!r} must be a boolean, got {value!r:.40}")
+    return bool(value)
+
+
+def _stream_ids(obj: dict[str, Any], key: str) -> list[str] | None:
+    """An optional array of distinct stream ids (1.2): absent or null is None."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise Malformed("field", f"{key!r} must be an array of strings")
+    if not all(STREAM_ID.fullmatch(s) for s in value) or len(set(value)) != len(value):
+        raise Malformed("value", f"{key!r} must hold distinct stream ids, got {value!r:.80}")
+    return list(value)
+
+
 def _obj(obj: dict[str, Any], key: str) -> dict[str, Any]:
     if key not in obj:
         raise Malformed("field", f"missing {key!r}")
@@ -177,6 +197,7 @@ def _frame(header: dict[str, Any], buffers: dict[str, np.ndarray[Any, Any]]) -> 
         "frame": _int(header, "frame", minimum=0), "pts_s": pts, "size_wh": list(size),
         "policy": _str(header, "policy", POLICIES), "dropped": _int(header, "dropped", minimum=0),
         "t_ns": stamps, "models": dict(models),
+        "damaged": _flag(header, "damaged"), "reused": _flag(header, "reused"),
     }
     out: dict[str, Any] = {}
     if "det_xyxy" in buffers:
@@ -219,17 +240,21 @@ def _frame(header: dict[str, Any], buffers: dict[str, np.ndarray[Any, Any]]) -> 
 
 
 def _grid(header: dict[str, Any], buffers: dict[str, np.ndarray[Any, Any]]) -> dict[str, Any] | None:
-    """The optional ``grid`` field of protocol 1.1 and the buffers each grid kind requires."""
+    """The optional ``grid`` field of protocol 1.1 (null: absent) and the buffers each grid kind requires."""
     delta_parts = {"patch_index", "patch_values", "patch_bias"} & set(buffers)
-    if "grid" not in header:
+    if header.get("grid") is None:
         if delta_parts:
             raise Malformed("grid", "patch_index/patch_values without grid")
         return None
     grid = header["grid"]
     if not isinstance(grid, dict):
         raise Malformed("grid", "grid must be an object")
-    kind = _str(grid, "kind", GRID_KINDS, code="grid")
-    n = _int(grid, "n", minimum=0, code="grid")
+    kind = _str(grid, "kind", code="grid")
+    if kind not in GRID_KINDS:  # every failure of the grid field is `grid` (docs/protocol.md §9, rule 17)
+        raise Malformed("grid", f"grid.kind {kind!r:.40}")
+    n = grid.get("n")
+    if not _is_int(n) or not 0 <= n <= INT64[1]:
+        raise Malformed("grid", f"grid.n {n!r:.40}")
     hw = grid.get("hw")
     if not isinstance(hw, list) or len(hw) != 2 or not all(_is_int(v) and 0 < v <= INT64[1] for v in hw):
         raise Malformed("grid", f"grid.hw {hw!r:.40}")
@@ -285,6 +310,9 @@ def read(parts: Sequence[bytes]) -> dict[str, Any]:
                        detail=_str(header, "detail"))
     elif kind == "info":
         content.update(policy=_str(header, "policy", POLICIES), models=_obj(header, "models"))
+        worker = header.get("worker")
+        content.update(worker=None if worker is None else _int(header, "worker", minimum=0),
+                       streams=_stream_ids(header, "streams"))
     else:
         raise Malformed("kind", f"unknown kind {kind!r:.40}")
     content["buffers"] = {}

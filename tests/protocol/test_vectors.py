@@ -114,7 +114,7 @@ def test_newer_minor_reencodes_as_version_1_0_without_the_unknowns() -> None:
 
 def test_the_vectors_speak_the_current_version() -> None:
     for name in CANONICAL:
-        assert json.loads(_load(name)[0][1])["v"] == list(PROTOCOL_VERSION) == [1, 1]
+        assert json.loads(_load(name)[0][1])["v"] == list(PROTOCOL_VERSION) == [1, 2]
 
 
 # --------------------------------------------------------------------------- (d) regenerated vectors

@@ -153,6 +153,8 @@ class Hub:
             self.owners[sid] = identity
         self._to_worker(identity, STATE, pickle.dumps(self.streams.state(ids)))
         for info in hello.infos.values():  # also while holding: subscribers already here learn the stream
+            # (1.2) every info names all the run's streams, so a subscriber knows when every one has ended
+            info = dataclasses.replace(info, streams=tuple(sorted(self.streams.ids)))
             self.publisher.infos[info.stream_id] = info
             self.publisher.publish(info)
 
