@@ -1,4 +1,4 @@
-// frametok/reader.hpp: a header-only C++17 reader of the frametok wire protocol (version 1.1),
+// frametok/reader.hpp: a header-only C++17 reader of the frametok wire protocol (version 1.2),
 // written from docs/protocol.md.
 //
 //   frametok::decode(parts)      one multipart message -> a typed message (Frame / Status / Eos / Info),
@@ -41,7 +41,7 @@ namespace frametok {
 using json = nlohmann::json;
 
 inline constexpr int kMajor = 1;
-inline constexpr int kMinor = 1;
+inline constexpr int kMinor = 2;
 inline constexpr std::size_t kMaxHeaderBytes = 1048576;
 inline constexpr std::size_t kMaxBuffers = 64;
 inline constexpr std::size_t kMaxNdim = 4;
@@ -233,6 +233,8 @@ struct Frame {
     Timestamps t_ns;
     std::map<std::string, std::string> models;
     std::optional<GridField> grid;
+    bool damaged = false;  // (1.2) the source's data for this frame was damaged
+    bool reused = false;   // (1.2) a still frame: no model ran, its tokens are the last ones
     std::map<std::string, Buffer> buffers;  // the known buffers of §5 only
 
     const Buffer* buffer(const std::string& name) const {
@@ -265,6 +267,8 @@ struct Info {
     std::int64_t seq = 0;
     std::string policy;
     json models = json::object();
+    std::optional<std::int64_t> worker;                 // (1.2) the worker serving the stream
+    std::optional<std::vector<std::string>> streams;  // (1.2) every stream the publisher serves
 
     std::vector<std::string> class_names() const {
         std::vector<std::string> out;
@@ -352,6 +356,37 @@ inline const json& get_obj(const json& obj, const char* key) {
     if (it == obj.end()) throw Malformed("field", std::string("missing '") + key + "'");
     if (!it->is_object()) throw Malformed("field", std::string("'") + key + "' must be an object");
     return *it;
+}
+
+/// An optional boolean (1.2): absent or null is false; anything else that is not a boolean is `field`.
+inline bool get_flag(const json& obj, const char* key) {
+    auto it = obj.find(key);
+    if (it == obj.end() || it->is_null()) return false;
+    if (!it->is_boolean()) throw Malformed("field", std::string("'") + key + "' must be a boolean, got " + shorten(*it));
+    return it->get<bool>();
+}
+
+inline bool valid_stream_id(const std::string& s);
+
+/// An optional array of distinct stream ids (1.2): absent or null is none.
+inline std::optional<std::vector<std::string>> get_stream_ids(const json& obj, const char* key) {
+    auto it = obj.find(key);
+    if (it == obj.end() || it->is_null()) return std::nullopt;
+    bool strings = it->is_array();
+    if (strings) {
+        for (const auto& v : *it) strings = strings && v.is_string();
+    }
+    if (!strings) throw Malformed("field", std::string("'") + key + "' must be an array of strings");
+    std::vector<std::string> out;
+    std::set<std::string> seen;
+    for (const auto& v : *it) {
+        std::string s = v.get<std::string>();
+        if (!valid_stream_id(s) || !seen.insert(s).second) {
+            throw Malformed("value", std::string("'") + key + "' must hold distinct stream ids, got " + shorten(*it));
+        }
+        out.push_back(std::move(s));
+    }
+    return out;
 }
 
 inline bool valid_stream_id(const std::string& s) {
@@ -466,16 +501,23 @@ inline std::optional<GridField> parse_grid(const json& header, const std::map<st
     bool has_bias = bufs.count("patch_bias") > 0, has_patches = bufs.count("patches") > 0;
     bool delta_parts = has_index || has_values || has_bias;
     auto it = header.find("grid");
-    if (it == header.end()) {
+    if (it == header.end() || it->is_null()) {  // (1.2) null is the same as absent
         if (delta_parts) throw Malformed("grid", "patch_index/patch_values without grid");
         return std::nullopt;
     }
     const json& g = *it;
     if (!g.is_object()) throw Malformed("grid", "grid must be an object");
     GridField out;
-    std::string kind = get_str(g, "kind", &kGridKinds, "grid");
+    std::string kind = get_str(g, "kind", static_cast<const std::array<const char*, 1>*>(nullptr), "grid");
+    if (kind != "key" && kind != "delta" && kind != "skip") {  // every failure of the grid field is `grid`
+        throw Malformed("grid", "grid.kind " + shorten(g["kind"]));
+    }
     out.kind = kind == "key" ? GridKind::key : kind == "delta" ? GridKind::delta : GridKind::skip;
-    out.n = get_int(g, "n", 0, "grid");
+    auto n = g.find("n");
+    if (n == g.end() || !is_int(*n) || !fits_int64(*n) || n->get<std::int64_t>() < 0) {
+        throw Malformed("grid", "grid.n " + (n == g.end() ? std::string("missing") : shorten(*n)));
+    }
+    out.n = n->get<std::int64_t>();
     auto hw = g.find("hw");
     bool ok = hw != g.end() && hw->is_array() && hw->size() == 2;
     if (ok) {
@@ -551,6 +593,8 @@ inline Frame parse_frame(const json& h, std::map<std::string, Buffer>&& bufs) {
     f.frame = get_int(h, "frame", 0);
     f.policy = get_str(h, "policy", &kPolicies);
     f.dropped = get_int(h, "dropped", 0);
+    f.damaged = get_flag(h, "damaged");
+    f.reused = get_flag(h, "reused");
 
     std::vector<const char*> known;  // the buffers this version knows, checked; the others are ignored
     auto take = [&known](const char* name) { known.push_back(name); };
@@ -640,9 +684,12 @@ inline Message decode_views(const PartView* parts, std::size_t n) {
         return m;
     }
     if (kind == "info") {
-        Info m{stream, seq, {}, json::object()};
+        Info m{stream, seq, {}, json::object(), std::nullopt, std::nullopt};
         m.policy = get_str(h, "policy", &kPolicies);
         m.models = get_obj(h, "models");
+        auto w = h.find("worker");
+        if (w != h.end() && !w->is_null()) m.worker = get_int(h, "worker", 0);
+        m.streams = get_stream_ids(h, "streams");
         return m;
     }
     throw Malformed("kind", "unknown kind '" + kind.substr(0, 40) + "'");
@@ -702,6 +749,8 @@ inline json to_json(const Message& message, bool with_data = true) {
         out["t_ns"] = {{"capture", f->t_ns.capture}, {"decode", f->t_ns.decode}, {"infer", f->t_ns.infer},
                        {"publish", f->t_ns.publish}};
         out["models"] = json(f->models);
+        out["damaged"] = f->damaged;
+        out["reused"] = f->reused;
         if (f->grid) {
             out["grid"] = {{"kind", grid_kind_name(f->grid->kind)}, {"n", f->grid->n}, {"hw", {f->grid->gh, f->grid->gw}}};
         }
@@ -717,6 +766,8 @@ inline json to_json(const Message& message, bool with_data = true) {
     } else if (const auto* i = std::get_if<Info>(&message)) {
         out["policy"] = i->policy;
         out["models"] = i->models;
+        out["worker"] = i->worker ? json(*i->worker) : json(nullptr);
+        out["streams"] = i->streams ? json(*i->streams) : json(nullptr);
     }
     out["buffers"] = buffers;
     return out;
@@ -910,19 +961,30 @@ public:
             ended_.insert(stream);
         } else if (const auto* i = std::get_if<Info>(&ev.message)) {
             infos_[stream] = *i;
+            if (i->streams) announced_.insert(i->streams->begin(), i->streams->end());
         }
         return ev;
     }
 
-    /// Every stream seen (or, given, every stream wanted) has sent its eos.
+    /// Every stream seen and every stream an info announced (or, given, every stream wanted) has sent its eos.
     bool all_ended(const std::vector<std::string>& wanted = {}) const {
-        if (wanted.empty()) return !streams_.empty() && ended_.size() == streams_.size();
+        if (wanted.empty()) {
+            if (streams_.empty()) return false;
+            for (const auto& s : streams_) {
+                if (!ended_.count(s)) return false;
+            }
+            for (const auto& s : announced_) {  // (1.2) streams announced, not seen yet
+                if (!ended_.count(s)) return false;
+            }
+            return true;
+        }
         for (const auto& s : wanted) {
             if (!ended_.count(s)) return false;
         }
         return true;
     }
     const std::set<std::string>& streams() const { return streams_; }
+    const std::set<std::string>& announced() const { return announced_; }  // (1.2) infos' `streams`
     const std::set<std::string>& ended() const { return ended_; }
     const std::map<std::string, Info>& infos() const { return infos_; }
     const SequenceTracker& sequences() const { return seqs_; }
@@ -933,7 +995,7 @@ private:
     SequenceTracker seqs_;
     std::map<std::string, GridRebuilder> grids_;
     std::map<std::string, Info> infos_;
-    std::set<std::string> streams_, ended_;
+    std::set<std::string> streams_, ended_, announced_;
     std::uint64_t frames_ = 0, unsynced_ = 0;
 };
 
