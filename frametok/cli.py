@@ -150,6 +150,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_endpoints(config)  # fail fast, before models are exported or loaded
     prepare_sources(config)
     models = prepare_models(config, tuple(args.models or ()))
+    if config.encoder is not None and config.encoder.codebook and models.encoder is not None:
+        from .models.codebook import load_codebook
+
+        load_codebook(config.encoder.codebook).check_encoder(models.encoder.manifest)  # type: ignore[arg-type]
     level = logging.INFO if args.verbose else logging.WARNING
     done = threading.Event()
     echo = _echo_thread(config.publisher.endpoint, args.json, done) if args.echo else None
@@ -334,6 +338,31 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _sample_frames(video: str, count: int) -> list[Any]:
+    """Up to ``count`` RGB frames spread evenly over ``video`` (decoded twice: to count them, then to keep the
+    picks alone in memory)."""
+    from .streamer.source.decode import decode_frames
+
+    total = sum(1 for _ in decode_frames(video))
+    if not total:
+        raise ConfigError(f"codebook fit: no frames in {video}")
+    picks = {round(i * (total - 1) / max(count - 1, 1)) for i in range(min(count, total))}
+    return [f.frame_rgb for i, f in enumerate(decode_frames(video)) if i in picks]
+
+
+def cmd_codebook_fit(args: argparse.Namespace) -> int:
+    from .index.encode import load_encoder
+    from .models.codebook import fit_codebook
+
+    encoder = load_encoder(args.encoder, tuple(args.models or ()))
+    samples = {video: _sample_frames(video, args.frames) for video in args.videos}
+    book = fit_codebook(samples, encoder, args.out, k=args.k, seed=args.seed)
+    m = book.manifest
+    print(f"wrote {book.path} and {m.codes_file}: {m.k} codes x {m.embed_dim} for encoder {m.encoder}, fitted on "
+          f"{m.fit['tokens']} patch tokens of {m.fit['frames']} frames ({m.fit['codes_used']} codes used)")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- index, record, search
 
 
@@ -507,6 +536,19 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--no-check", action="store_true")
     _half_flags(enc)
     enc.set_defaults(func=cmd_export_encoder)
+
+    book = sub.add_parser("codebook", help="codebooks: grid hard tokens (a code per patch token)")
+    book_sub = book.add_subparsers(dest="what", required=True)
+    fit = book_sub.add_parser("fit", help="k-means over an encoder's patch tokens of frames of videos (needs the "
+                              "codebook extra: scikit-learn)")
+    fit.add_argument("videos", nargs="+", metavar="VIDEO")
+    fit.add_argument("--encoder", required=True, metavar="MODEL", help="encoder: registry name or .onnx path")
+    fit.add_argument("--out", required=True, metavar="CODEBOOK", help="writes CODEBOOK.npy and CODEBOOK.json")
+    fit.add_argument("--k", type=int, default=256, help="codes (2 to 32768; default 256)")
+    fit.add_argument("--frames", type=int, default=64, metavar="N", help="frames per video, evenly spread (default 64)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--models", action="append", metavar="DIR", help="folder of model files")
+    fit.set_defaults(func=cmd_codebook_fit)
 
     keys = sub.add_parser("keys", help="make a CURVE key pair (NAME.key public, NAME.key_secret secret)")
     keys.add_argument("folder")

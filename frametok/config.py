@@ -218,6 +218,11 @@ class EncoderConfig(_Frozen):
         "this (0..1 of full scale; 0: never skip)",
     )
     queries: tuple[QueryConfig, ...] = ()
+    codebook: str | None = Field(
+        None, min_length=1,
+        description="a codebook (`frametok codebook fit`: NAME.npy + NAME.json) fitted on this encoder: each patch "
+        "token also travels as its code, a (gh, gw) int16 code grid (protocol 1.2); needs patches and compress",
+    )
 
     @field_validator("queries")
     @classmethod
@@ -226,6 +231,13 @@ class EncoderConfig(_Frozen):
         if len(set(names)) != len(names):
             raise ValueError(f"query names must be unique, got {names}")
         return value
+
+    @model_validator(mode="after")
+    def _codes_travel_with_the_grid(self) -> EncoderConfig:
+        if self.codebook is not None and not (self.patches and self.compress):
+            raise ValueError("codebook: the code grid travels with the compressed patch grid: it needs "
+                             "patches: true and compress: true")
+        return self
 
 
 class WorkerConfig(_Frozen):

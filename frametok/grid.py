@@ -5,6 +5,9 @@ a ``delta`` moves every patch by a common ``bias`` and replaces the patches list
 ``skip`` leaves it unchanged. A delta ``n`` applies to the grid after update ``n - 1``; a subscriber
 that missed one is out of sync and yields no grid until the next keyframe. How the updates are made
 (the publisher side) is ``frametok.models.compression``.
+
+(1.2) With a codebook the same updates carry the stream's code grid ``(gh, gw)`` of int16 codes: whole
+(``codes``) or, in a delta, only the cells whose code changed (``code_index``, ``code_values``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ class GridUpdate:
     patch (in float32, stored back at the wire precision), then ``index`` holds the flat (row-major)
     indices of the patches sent and ``values`` their tokens (K, D). ``skip``: the encoder did not run
     for this frame; the grid is unchanged.
+
+    Codes (1.2, a codebook configured): ``codes`` is the whole code grid (gh, gw) int16 (a key, or a delta
+    that resends it); a delta's ``code_index`` (C,) int32 and ``code_values`` (C,) int16 are the cells whose
+    code changed. A key without ``codes`` (one a publisher made from its reference grid for a joiner) leaves
+    the subscriber without a code grid until the next ``codes``.
     """
 
     kind: UpdateKind
@@ -38,6 +46,9 @@ class GridUpdate:
     values: NDArray[np.floating] | None = None
     bias: NDArray[np.floating] | None = None
     reason: str = ""
+    codes: NDArray[np.int16] | None = None
+    code_index: NDArray[np.int32] | None = None
+    code_values: NDArray[np.int16] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("key", "delta", "skip"):
@@ -64,6 +75,26 @@ class GridUpdate:
                 raise ValueError(f"delta: bias must be (D,) = ({self.values.shape[1]},), got {self.bias.shape}")
         if self.bias is not None and self.kind != "delta":
             raise ValueError("only a delta update has a bias")
+        self._check_codes(gh, gw)
+
+    def _check_codes(self, gh: int, gw: int) -> None:
+        if self.codes is not None and (self.kind == "skip" or self.codes.shape != (gh, gw)):
+            raise ValueError(f"codes: a key or delta carries a ({gh}, {gw}) code grid, got a {self.kind} with "
+                             f"{self.codes.shape}")
+        if (self.code_index is None) != (self.code_values is None):
+            raise ValueError("code_index and code_values go together")
+        if self.code_index is not None and self.code_values is not None:
+            if self.kind != "delta" or self.codes is not None:
+                raise ValueError("only a delta without codes carries code_index/code_values")
+            if self.code_index.ndim != 1 or self.code_values.shape != self.code_index.shape:
+                raise ValueError(f"code delta: expected code_index (C,) and code_values (C,), got "
+                                 f"{self.code_index.shape} and {self.code_values.shape}")
+            if self.code_index.size and (int(self.code_index.min()) < 0 or int(self.code_index.max()) >= gh * gw):
+                raise ValueError(f"code delta: cell index out of range for a {gh}x{gw} grid")
+        for name in ("codes", "code_values"):
+            arr = getattr(self, name)
+            if arr is not None and arr.size and int(arr.min()) < 0:
+                raise ValueError(f"{name}: codes are >= 0, got {int(arr.min())}")
 
     @property
     def tokens_sent(self) -> int:
@@ -99,6 +130,22 @@ class GridDecompressor:
         self.n = -1
         self.in_sync = False
         self.lost_sync = 0  # how many times an update could not be applied
+        self.codes: NDArray[np.int16] | None = None  # (1.2) the code grid, while in sync
+        self.codes_seen = False  # the stream has carried codes (a subscriber then expects them)
+
+    def code_grid(self) -> NDArray[np.int16] | None:
+        """The code grid after the last update applied (a copy), or None (no codebook, or out of sync)."""
+        return None if self.codes is None or not self.in_sync else self.codes.copy()
+
+    def _apply_codes(self, update: GridUpdate) -> None:
+        if update.codes is not None:
+            self.codes, self.codes_seen = np.array(update.codes, np.int16, copy=True), True
+        elif update.code_index is not None and update.code_values is not None:
+            self.codes_seen = True
+            if self.codes is not None:
+                self.codes.reshape(-1)[update.code_index] = update.code_values
+        elif update.kind == "key":
+            self.codes = None  # a key without codes: no code grid until the next codes
 
     def apply(self, update: GridUpdate) -> NDArray[np.floating] | None:
         """Apply ``update``; the full grid after it (never an array it will change later), or None
@@ -107,12 +154,15 @@ class GridDecompressor:
             assert update.values is not None
             self.grid = np.array(update.values, copy=True)
             self.n, self.in_sync = update.n, True
+            self._apply_codes(update)
             return update.values
         if not self.in_sync or self.grid is None or update.n != self.n + 1 or self.grid.shape[:2] != update.grid_hw:
             if self.in_sync:
                 self.lost_sync += 1
             self.in_sync = False
+            self.codes = None
             return None
+        self._apply_codes(update)
         if update.kind == "delta":
             assert update.index is not None and update.values is not None
             gh, gw = update.grid_hw

@@ -96,6 +96,9 @@ _BUFFER_DTYPES: dict[str, tuple[str, ...]] = {
     "query_ctx": ("float16", "float32"),
     "query_score": ("float32",),
     "preview": ("uint8",),
+    "codes": ("int16",),
+    "code_index": ("int32",),
+    "code_values": ("int16",),
 }
 
 
@@ -200,7 +203,9 @@ class TokenPacket:
     ``query_tokens`` (Q, D) with their ``query_scores`` (Q,), and ``patch_tokens`` (gh, gw, D): the
     full grid, when known. With cross-frame compression ``grid_update`` carries what was sent (a
     keyframe, a delta, or a skip); a delta packet decodes with ``patch_tokens=None`` and the
-    :class:`~frametok.Subscriber` rebuilds the grid.
+    :class:`~frametok.Subscriber` rebuilds the grid. (1.2) ``code_grid`` (gh, gw) int16: the frame's grid hard
+    tokens (each patch token's code in a codebook), when known: sent whole, or rebuilt by the Subscriber from
+    the code changes a delta carries (``grid_update.code_index``/``code_values``).
     """
 
     stream_id: str
@@ -222,6 +227,7 @@ class TokenPacket:
     preview_jpeg: bytes | None = None
     damaged: bool = False  # (1.2) the source's data for this frame was damaged: its pixels may be partly wrong
     reused: bool = False  # (1.2) a still frame (motion gating): the models did not run, its tokens are the last ones
+    code_grid: NDArray[Any] | None = None  # (1.2) the (gh, gw) int16 code grid (codebook codes), when known
 
     def __post_init__(self) -> None:
         validate_stream_id(self.stream_id)
@@ -235,6 +241,8 @@ class TokenPacket:
             raise ValueError(f"context_token: expected shape (D,), got {np.shape(self.context_token)}")
         if self.patch_tokens is not None and np.ndim(self.patch_tokens) != 3:
             raise ValueError(f"patch_tokens: expected shape (H, W, D), got {np.shape(self.patch_tokens)}")
+        if self.code_grid is not None and np.ndim(self.code_grid) != 2:
+            raise ValueError(f"code_grid: expected shape (gh, gw), got {np.shape(self.code_grid)}")
         if self.content_tokens is not None and np.ndim(self.content_tokens) != 3:
             raise ValueError(f"content_tokens: expected shape (p, p, D), got {np.shape(self.content_tokens)}")
         if (self.query_tokens is None) != (self.query_scores is None):
@@ -422,8 +430,15 @@ def encode(
                 arrays += [("patch_index", update.index), ("patch_values", update.values)]  # type: ignore[list-item]
                 if update.bias is not None:
                     arrays.append(("patch_bias", update.bias))
-        elif message.patch_tokens is not None:
-            arrays.append(("patches", message.patch_tokens))
+            if update.codes is not None:
+                arrays.append(("codes", update.codes))
+            elif update.code_index is not None and update.code_values is not None:
+                arrays += [("code_index", update.code_index), ("code_values", update.code_values)]
+        else:
+            if message.patch_tokens is not None:
+                arrays.append(("patches", message.patch_tokens))
+            if message.code_grid is not None:
+                arrays.append(("codes", message.code_grid))
         if message.content_tokens is not None:
             arrays.append(("content", message.content_tokens))
         if message.query_tokens is not None and message.query_scores is not None:
@@ -577,6 +592,7 @@ def _decode_frame(header: Mapping[str, Any], buffers: Mapping[str, NDArray[Any]]
     policy = _field(header, "policy", str)
     patches = _expect(buffers, "patches", 3) if "patches" in buffers else None
     update = _decode_grid(header, buffers, patches)
+    code_grid = _code_grid(buffers, update, patches)
     query = None
     if "query_ctx" in buffers or "query_score" in buffers:
         if "query_ctx" not in buffers or "query_score" not in buffers:
@@ -603,9 +619,43 @@ def _decode_frame(header: Mapping[str, Any], buffers: Mapping[str, NDArray[Any]]
             preview_jpeg=_expect(buffers, "preview", 1).tobytes() if "preview" in buffers else None,
             damaged=bool(_field(header, "damaged", bool, optional=True)),
             reused=bool(_field(header, "reused", bool, optional=True)),
+            code_grid=code_grid,
         )
     except ValueError as exc:
         raise ProtocolError(f"frame: {exc}") from exc
+
+
+def _code_grid(buffers: Mapping[str, NDArray[Any]], update: GridUpdate | None,
+               patches: NDArray[Any] | None) -> NDArray[Any] | None:
+    """(1.2) The frame's whole code grid: ``codes`` without ``grid`` (its shape that of ``patches`` when both
+    are there), or the one of a key or delta (``_decode_grid`` checked it); None when not sent whole."""
+    if update is not None:
+        return update.codes
+    if "code_index" in buffers or "code_values" in buffers:
+        raise ProtocolError("code_index/code_values without a grid field")
+    if "codes" not in buffers:
+        return None
+    codes = _expect(buffers, "codes", 2)
+    if patches is not None and codes.shape != patches.shape[:2]:
+        raise ProtocolError(f"codes {codes.shape} do not match the patch grid {patches.shape[:2]}")
+    if codes.size and int(codes.min()) < 0:
+        raise ProtocolError(f"codes: expected codes >= 0, got {int(codes.min())}")
+    return codes
+
+
+def _grid_codes(kind: str, buffers: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any] | None]:
+    """(1.2) A grid update's code buffers: ``codes`` (key or delta), or ``code_index`` + ``code_values`` (delta)."""
+    has_delta = "code_index" in buffers or "code_values" in buffers
+    if kind == "skip" and ("codes" in buffers or has_delta):
+        raise ProtocolError("a skip grid update carries no code buffers")
+    if has_delta and (kind != "delta" or "codes" in buffers or "code_index" not in buffers
+                      or "code_values" not in buffers):
+        raise ProtocolError("code_index and code_values come together, in a delta without codes")
+    return {
+        "codes": _expect(buffers, "codes", 2) if "codes" in buffers else None,
+        "code_index": _expect(buffers, "code_index", 1) if has_delta else None,
+        "code_values": _expect(buffers, "code_values", 1) if has_delta else None,
+    }
 
 
 def _decode_grid(
@@ -638,8 +688,9 @@ def _decode_grid(
             raise ProtocolError("a skip grid update carries no patch buffers")
     else:
         raise ProtocolError(f"grid.kind expected key, delta or skip, got {kind!r}")
+    codes = _grid_codes(kind, buffers)
     try:
-        return GridUpdate(kind, n, (hw[0], hw[1]), index=index, values=values, bias=bias)  # type: ignore[arg-type]
+        return GridUpdate(kind, n, (hw[0], hw[1]), index=index, values=values, bias=bias, **codes)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ProtocolError(f"grid: {exc}") from exc
 
@@ -833,7 +884,9 @@ def _fast_tokens(h: _FrameHead, buffers: dict[str, NDArray[Any]]) -> tuple[Any, 
                                               and qscore.shape[0] != qctx.shape[0]):
         raise _Slow
     preview = _tok(buffers, "preview", 1, ("uint8",))
-    return ctx, patches, update, content, qctx, qscore, preview
+    codes = _code_grid(buffers, update, patches) if update is not None or "codes" in buffers \
+        or "code_index" in buffers or "code_values" in buffers else None
+    return ctx, patches, update, content, qctx, qscore, preview, codes
 
 
 def _fast_frame(h: _FrameHead, buffers: dict[str, NDArray[Any]]) -> TokenPacket:
@@ -849,9 +902,9 @@ def _fast_frame(h: _FrameHead, buffers: dict[str, NDArray[Any]]) -> TokenPacket:
                 or (track is not None and (track.shape != (n,) or track.dtype is not _I32)):
             raise _Slow
         detections = _new(Detections, {"xyxy": xyxy, "score": score, "class_id": cls, "track_id": track})
-    ctx = patches = update = content = qctx = qscore = preview = None
+    ctx = patches = update = content = qctx = qscore = preview = codes = None
     if len(buffers) > (0 if detections is None else 3 + (track is not None)) or h.grid is not None:
-        ctx, patches, update, content, qctx, qscore, preview = _fast_tokens(h, buffers)
+        ctx, patches, update, content, qctx, qscore, preview, codes = _fast_tokens(h, buffers)
     t = h.t_ns
     return _new(TokenPacket, {
         "stream_id": h.stream, "frame_index": h.frame, "pts_s": h.pts_s, "size_wh": (h.size_wh[0], h.size_wh[1]),
@@ -862,7 +915,7 @@ def _fast_frame(h: _FrameHead, buffers: dict[str, NDArray[Any]]) -> TokenPacket:
         "models": {} if h.models is None else h.models, "seq": h.seq, "grid_update": update,
         "content_tokens": content, "query_tokens": qctx, "query_scores": qscore,
         "preview_jpeg": None if preview is None else preview.tobytes(), "damaged": bool(h.damaged),
-        "reused": bool(h.reused),
+        "reused": bool(h.reused), "code_grid": codes,
     })
 
 

@@ -140,17 +140,20 @@ class Subscriber:
     # ------------------------------------------------------------------ patch grids
 
     def _rebuild(self, msg: TokenPacket) -> TokenPacket:
-        """Rebuild the full patch grid from a keyframe or delta, or yield none while out of sync."""
+        """Rebuild the full patch grid (and (1.2) the code grid) from a keyframe or delta, or yield none while
+        out of sync."""
         update = msg.grid_update
         if update is None:
             return msg
-        grid = self._grids.setdefault(msg.stream_id, GridDecompressor()).apply(update)
+        decompressor = self._grids.setdefault(msg.stream_id, GridDecompressor())
+        grid = decompressor.apply(update)
         if grid is None:
             self.unsynced += 1
             self._ask_keyframe(msg.stream_id)
-        if grid is msg.patch_tokens:
+        codes = decompressor.code_grid() if decompressor.codes_seen else None
+        if grid is msg.patch_tokens and codes is None and msg.code_grid is None:
             return msg
-        return replace(msg, patch_tokens=grid)
+        return replace(msg, patch_tokens=grid, code_grid=codes)
 
     def _ask_keyframe(self, stream_id: str, every_s: float = 1.0) -> None:
         """Ask the publisher for a whole grid: re-subscribing (live) or a KEY command (lossless)."""

@@ -3,7 +3,7 @@ repeated for frames whose encoder run was skipped."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 
 from ...config import EncoderConfig
 from ...grid import GridUpdate
+from ...models.codebook import Codebook, load_codebook
 from ...models.compression import GridCompressor
 from ...models.soft_tokens import QueryBank, pixel_change, pool_grid, thumbnail
 
@@ -40,6 +41,10 @@ class SoftTokenStream:
             GridCompressor(config.tau, config.keyframe_interval, config.scene_cut_share, config.dtype)
             if config.patches and config.compress else None
         )
+        # (1.2) grid hard tokens: each patch's code, sent with the grid updates (whole in keys, changes in deltas)
+        self.codebook: Codebook | None = (
+            load_codebook(config.codebook) if config.codebook and self.compressor is not None else None)
+        self._codes: NDArray[np.int16] | None = None  # the code grid subscribers hold
         self._last_thumb: NDArray[np.float32] | None = None
         self._undo_thumb: NDArray[np.float32] | None = None
         self._last: SoftTokens | None = None
@@ -78,7 +83,7 @@ class SoftTokenStream:
             q_tokens, q_scores = attended[0].astype(self.wire), scores[0]
         grid = update = None
         if self.compressor is not None:
-            update = self.compressor.encode(patches)
+            update = self._with_codes(self.compressor.encode(patches), patches)
         elif cfg.patches:
             grid = patches.astype(self.wire)
         tokens = SoftTokens(context.astype(self.wire), content, q_tokens, q_scores, grid, update)
@@ -99,8 +104,28 @@ class SoftTokenStream:
         comp = self.compressor
         if comp is not None:
             update = self._settled_grid(comp, settle) if reused and settle is not None else self._unchanged_grid(comp)
+            update = self._codes_unchanged(update)
             return SoftTokens(last.context, last.content, last.query_tokens, last.query_scores, None, update)
         return last
+
+    def _with_codes(self, update: GridUpdate, patches: NDArray[np.floating]) -> GridUpdate:
+        """``update`` with the codes of ``patches`` (the encoder's output): whole in a key, else the changed cells."""
+        if self.codebook is None:
+            return update
+        codes = self.codebook.assign(patches)
+        previous, self._codes = self._codes, codes
+        if update.kind == "key" or previous is None:
+            return replace(update, codes=codes)
+        changed = np.flatnonzero(codes.reshape(-1) != previous.reshape(-1)).astype(np.int32)
+        return replace(update, code_index=changed, code_values=codes.reshape(-1)[changed])
+
+    def _codes_unchanged(self, update: GridUpdate) -> GridUpdate:
+        """A frame the encoder did not run on: a key carries the code grid whole, a delta no code change."""
+        if self._codes is None or update.kind == "skip":
+            return update
+        if update.kind == "key":
+            return replace(update, codes=self._codes)
+        return replace(update, code_index=np.zeros(0, np.int32), code_values=np.zeros(0, np.int16))
 
     @staticmethod
     def _settled_grid(comp: GridCompressor, grid: NDArray[np.floating]) -> GridUpdate:
