@@ -308,6 +308,9 @@ def test_live_run_read_by_cpp_and_the_sdk_at_once(frametok_read: Path, shared_mo
     assert summary["missing"] == 0 and summary["malformed"] == 0 and summary["unsynced"] == 0
     assert summary["frames"] == total and summary["ended"] == ["cam"]
     assert [line["frames"] for line in cpp.lines if line["kind"] == "eos"] == [total]
+    # (1.2) every info names the worker serving the stream and every stream of the run (the hub fills it)
+    infos = [line for line in cpp.lines if line["kind"] == "info"]
+    assert infos and all(i["streams"] == ["cam"] and i["worker"] == 0 for i in infos), infos
     assert sorted(sdk) == list(range(total)) and sdk_gaps == 0
     # the grids are compressed (keys and deltas), and C++ rebuilds each as the SDK does, bit for bit
     kinds = {f["grid"]["kind"] for f in frames}
