@@ -25,7 +25,7 @@ from ..streamer.worker.models import LoadedModels, Models, load_models
 from ..streamer.worker.tokens import SoftTokens, SoftTokenStream
 from .writer import FrameRows, token_dims
 
-__all__ = ["Chunk", "FrameEngine", "VideoJob", "prepare_models"]
+__all__ = ["Chunk", "FrameEngine", "VideoJob"]
 
 _END = object()
 
@@ -61,20 +61,6 @@ class Chunk:
     detail: str = ""
     damage: list[str] = field(default_factory=list)
     seconds: float = 0.0  # rows: time the models and decoding took for them
-
-
-def prepare_models(config: Any, models_dirs: tuple[str, ...] = ()) -> Models:
-    """The config's model files, found and checked as ``frametok run`` does (registry, precision)."""
-    from ..models.session import check_precision
-    from ..registry import resolve_model
-
-    search = (*models_dirs, config.models_dir)
-    det = resolve_model(config.detector.model, "detector", search) if config.detector else None
-    enc = resolve_model(config.encoder.model, "encoder", search) if config.encoder else None
-    for files in (det, enc):
-        if files is not None:
-            check_precision(files, config.worker.precision)
-    return Models(det, enc)
 
 
 class _Reader:

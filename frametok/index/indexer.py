@@ -197,7 +197,7 @@ class Indexer:
         return index_config(self.options, path, sid, start_frame, workdir)
 
     def _prepared_models(self, config: Any) -> Any:
-        from ..streamer.supervision.supervisor import prepare_models
+        from ..streamer.worker.models import prepare_models
 
         if self._models is None:
             self._models = prepare_models(config, self.options.models_dirs)

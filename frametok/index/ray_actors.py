@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError, FrametokError
-from .engine import Chunk, FrameEngine, VideoJob, prepare_models
+from ..streamer.worker.models import prepare_models
+from .engine import Chunk, FrameEngine, VideoJob
 from .indexer import IndexOptions, index_config
 
 __all__ = ["ActorPool", "NodeIndexer", "RayActor", "import_ray"]

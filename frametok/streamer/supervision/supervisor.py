@@ -24,12 +24,10 @@ import zmq
 
 from ...config import Config, SourceConfig
 from ...errors import ConfigError, PipelineError
-from ...models.session import check_precision
-from ...registry import resolve_model
 from ..delivery.endpoints import check_endpoints_free
 from ..ipc.notices import EventNotice, RunContext
 from ..source.decode import IMAGE_SUFFIXES, check_camera, image_files, probe_source
-from ..worker.models import Models
+from ..worker.models import Models, prepare_models
 from .health import HealthServer, HealthState
 from .sweep import RunLock, sweep_dead_runs
 from .watch import RunWatch
@@ -169,22 +167,6 @@ def _check_host(uri: str) -> None:
     except socket.gaierror as exc:
         if exc.errno == socket.EAI_NONAME:
             raise SourceError(f"{redact_uri(uri)}: unknown host {host!r} ({exc.strerror})") from exc
-
-
-def prepare_models(config: Config, models_dirs: tuple[str, ...] = ()) -> Models:
-    """Find the models and check their manifests before any process starts.
-
-    The worker loads them first thing, before any producer starts; a model that onnxruntime cannot
-    load, or whose graph does not match its manifest, is reported from there as a ModelError. So is
-    ``worker.precision: fp16`` for a model whose manifest has no fp16 graph, here.
-    """
-    search = (*models_dirs, config.models_dir)
-    det = resolve_model(config.detector.model, "detector", search) if config.detector else None
-    enc = resolve_model(config.encoder.model, "encoder", search) if config.encoder else None
-    for files in (det, enc):
-        if files is not None:
-            check_precision(files, config.worker.precision)
-    return Models(det, enc)
 
 
 @contextlib.contextmanager

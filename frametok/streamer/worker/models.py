@@ -9,12 +9,13 @@ from ...config import Config
 from ...errors import ConfigError
 from ...models.detector import Detector
 from ...models.encoder import Encoder
-from ...models.session import ModelFiles, create_session
+from ...models.session import ModelFiles, check_precision, create_session
 from ...models.soft_tokens import QueryBank
 from ...models.tracking import Tracker
+from ...registry import resolve_model
 from .queries import build_query_bank
 
-__all__ = ["LoadedModels", "Models", "load_models"]
+__all__ = ["LoadedModels", "Models", "load_models", "prepare_models"]
 
 _DEFAULT_TRACK_FPS = 30.0  # the tracker's frame rate when the source gives none
 
@@ -49,6 +50,22 @@ class LoadedModels:
                            tc.matching_threshold, tc.min_consecutive_frames)
         except ValueError as exc:
             raise ConfigError(f"detector.tracker: {exc}") from exc
+
+
+def prepare_models(config: Config, models_dirs: tuple[str, ...] = ()) -> Models:
+    """Find the models and check their manifests before any process starts.
+
+    The worker loads them first thing, before any producer starts; a model that onnxruntime cannot
+    load, or whose graph does not match its manifest, is reported from there as a ModelError. So is
+    ``worker.precision: fp16`` for a model whose manifest has no fp16 graph, here.
+    """
+    search = (*models_dirs, config.models_dir)
+    det = resolve_model(config.detector.model, "detector", search) if config.detector else None
+    enc = resolve_model(config.encoder.model, "encoder", search) if config.encoder else None
+    for files in (det, enc):
+        if files is not None:
+            check_precision(files, config.worker.precision)
+    return Models(det, enc)
 
 
 def load_models(config: Config, models: Models, device: int | None = None) -> LoadedModels:
