@@ -36,7 +36,10 @@ def _wait(condition: Any, pub: Publisher, timeout_s: float = 10.0) -> None:
 
 
 def test_a_lossless_subscriber_waits_for_every_announced_stream() -> None:
-    config = PublisherConfig(endpoint=free_endpoint(), lossless_endpoint=free_endpoint())
+    endpoint, lossless_endpoint = free_endpoint(), free_endpoint()
+    while lossless_endpoint == endpoint:  # the two free ports asked for one after the other can be one
+        lossless_endpoint = free_endpoint()
+    config = PublisherConfig(endpoint=endpoint, lossless_endpoint=lossless_endpoint)
     everyone = ("a", "b")
     ctx = zmq.Context()
     pub = Publisher(ctx, config, {"a": StreamInfo("a", "file", {}, streams=everyone)})  # b's not known yet
