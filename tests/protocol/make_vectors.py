@@ -18,6 +18,7 @@ topic, part 1 the header), and ``<name>/expected.json``:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -129,8 +130,16 @@ def content(message: Message) -> dict[str, Any]:
                 buffers["patch_values"] = array_content(np.asarray(update.values))
                 if update.bias is not None:
                     buffers["patch_bias"] = array_content(np.asarray(update.bias))
-        elif message.patch_tokens is not None:
-            buffers["patches"] = array_content(np.asarray(message.patch_tokens))
+            if update.codes is not None:
+                buffers["codes"] = array_content(np.asarray(update.codes))
+            if update.code_index is not None and update.code_values is not None:
+                buffers["code_index"] = array_content(np.asarray(update.code_index))
+                buffers["code_values"] = array_content(np.asarray(update.code_values))
+        else:
+            if message.patch_tokens is not None:
+                buffers["patches"] = array_content(np.asarray(message.patch_tokens))
+            if message.code_grid is not None:
+                buffers["codes"] = array_content(np.asarray(message.code_grid))
         if message.content_tokens is not None:
             buffers["content"] = array_content(np.asarray(message.content_tokens))
         if message.query_tokens is not None and message.query_scores is not None:
@@ -315,6 +324,23 @@ def frame_reused() -> TokenPacket:
                        content_tokens=rng.standard_normal((1, 1, 8)).astype(np.float16))
 
 
+def frame_codes_key() -> TokenPacket:
+    """(1.2) A keyframe with its code grid (grid hard tokens, §5.2)."""
+    rng = np.random.default_rng(24)
+    update = GridUpdate("key", 0, (2, 3), values=rng.standard_normal((2, 3, 8)).astype(np.float16), reason="first",
+                        codes=np.array([[7, 0, 4095], [12, 7, 32767]], np.int16))
+    return dataclasses.replace(_grid_frame(0, 1, update), stream_id="yard")
+
+
+def frame_codes_delta() -> TokenPacket:
+    """(1.2) A delta whose code grid changed in cells 2 and 4."""
+    rng = np.random.default_rng(25)
+    update = GridUpdate("delta", 1, (2, 3), index=np.array([2], np.int32),
+                        values=rng.standard_normal((1, 8)).astype(np.float16),
+                        code_index=np.array([2, 4], np.int32), code_values=np.array([3, 9], np.int16))
+    return dataclasses.replace(_grid_frame(1, 2, update), stream_id="yard")
+
+
 def worked_example() -> TokenPacket:
     """The frame of the worked example in docs/protocol.md (not written as a vector: 197 KB)."""
     rng = np.random.default_rng(0)
@@ -424,6 +450,14 @@ def _grid_kind_full(parts: Parts) -> Parts:
     return _with_header(parts, header)
 
 
+def _negative_code(parts: Parts) -> Parts:
+    header = _header(parts)
+    at = [d["name"] for d in header["buffers"]].index("code_values") + 2
+    values = np.frombuffer(parts[at], np.int16).copy()
+    values[0] = -1
+    return [*parts[:at], values.tobytes(), *parts[at + 1:]]
+
+
 def _five_dims(parts: Parts) -> Parts:
     header = _header(parts)
     header["buffers"][-1]["shape"] = [1, *header["buffers"][-1]["shape"], 1]
@@ -449,6 +483,9 @@ VALID: dict[str, tuple[Callable[[], Message], str]] = {
     "frame_damaged": (frame_damaged, "frame (1.2): damaged true (the source's decoder concealed errors), "
                       "2 tracked detections and ctx"),
     "frame_reused": (frame_reused, "frame (1.2): reused true (a still frame: no model ran), a grid skip"),
+    "frame_codes_key": (frame_codes_key, "frame (1.2): a keyframe of a 2x3 grid with its code grid (codes int16)"),
+    "frame_codes_delta": (frame_codes_delta, "frame (1.2): a delta replacing patch 2, and the codes of cells 2 "
+                          "and 4 (code_index, code_values)"),
     "info_worker": (info_worker, "info (1.2): worker 1 and streams (every stream the publisher serves); "
                     "the encoder's info keys in use"),
 }
@@ -468,6 +505,7 @@ INVALID: dict[str, tuple[Callable[[], Message], Callable[[Parts], Parts], str, s
     "invalid_grid_key_without_patches": (frame_grid_delta, _grid_key_without_patches, "grid",
                                          "grid.kind key with a delta's buffers"),
     "invalid_grid_kind": (frame_grid_key, _grid_kind_full, "grid", "grid.kind is \"full\": not key, delta or skip"),
+    "invalid_code_negative": (frame_codes_delta, _negative_code, "grid", "(1.2) code_values holds -1"),
     "invalid_damaged_not_boolean": (frame_damaged, _set("damaged", 1), "field", "(1.2) damaged is 1, not a boolean"),
     "invalid_worker_negative": (info_worker, _set("worker", -1), "field", "(1.2) worker is -1"),
     "invalid_streams_bad_id": (info_worker, _set("streams", ["cam0", "caf\u00e9"]), "value",

@@ -222,12 +222,18 @@ def _frame(header: dict[str, Any], buffers: dict[str, np.ndarray[Any, Any]]) -> 
             if arr.ndim != ndim or dtype_name is None:
                 raise Malformed("tokens", f"{name} has shape {arr.shape} and dtype {arr.dtype}")
             out[name] = _array(arr, dtype_name)
-    for name, want in (("patch_index", "int32"), ("query_score", "float32"), ("preview", "uint8")):
+    for name, want in (("patch_index", "int32"), ("query_score", "float32"), ("preview", "uint8"),
+                       ("code_index", "int32"), ("code_values", "int16")):
         if name in buffers:
             arr = buffers[name]
             if arr.ndim != 1 or arr.dtype != DTYPES[want]:
                 raise Malformed("tokens", f"{name} has shape {arr.shape} and dtype {arr.dtype}")
             out[name] = _array(arr, want)
+    if "codes" in buffers:  # (1.2) the code grid
+        arr = buffers["codes"]
+        if arr.ndim != 2 or arr.dtype != DTYPES["int16"]:
+            raise Malformed("tokens", f"codes has shape {arr.shape} and dtype {arr.dtype}")
+        out["codes"] = _array(arr, "int16")
     if ("query_ctx" in out) != ("query_score" in out) or (
         "query_ctx" in out and out["query_ctx"]["shape"][0] != out["query_score"]["shape"][0]
     ):
@@ -235,8 +241,38 @@ def _frame(header: dict[str, Any], buffers: dict[str, np.ndarray[Any, Any]]) -> 
     grid = _grid(header, buffers)
     if grid is not None:
         content["grid"] = grid
+    _codes(grid, buffers)
     content["buffers"] = out
     return content
+
+
+def _codes(grid: dict[str, Any] | None, buffers: dict[str, np.ndarray[Any, Any]]) -> None:
+    """(1.2) The code grid buffers (§5.2): whole (``codes``) or a delta's changed cells."""
+    for name in ("codes", "code_values"):
+        if name in buffers and buffers[name].size and int(buffers[name].min()) < 0:
+            raise Malformed("grid", f"{name}: a code is negative")
+    has_delta = {"code_index", "code_values"} & set(buffers)
+    codes = buffers.get("codes")
+    if grid is None:
+        if has_delta:
+            raise Malformed("grid", "code_index/code_values without grid")
+        patches = buffers.get("patches")
+        if codes is not None and patches is not None and codes.shape != patches.shape[:2]:
+            raise Malformed("grid", "codes do not match the patch grid")
+        return
+    gh, gw = grid["hw"]
+    if codes is not None and codes.shape != (gh, gw):
+        raise Malformed("grid", "codes must be (gh, gw)")
+    if grid["kind"] == "skip" and (codes is not None or has_delta):
+        raise Malformed("grid", "a skip update carries no code buffers")
+    if has_delta:
+        if grid["kind"] != "delta" or codes is not None or len(has_delta) != 2:
+            raise Malformed("grid", "code_index and code_values come together, in a delta without codes")
+        index, values = buffers["code_index"], buffers["code_values"]
+        if index.shape != values.shape:
+            raise Malformed("grid", "code_index and code_values must have the same C")
+        if index.size and (int(index.min()) < 0 or int(index.max()) >= gh * gw):
+            raise Malformed("grid", "code_index out of range")
 
 
 def _grid(header: dict[str, Any], buffers: dict[str, np.ndarray[Any, Any]]) -> dict[str, Any] | None:

@@ -554,6 +554,49 @@ inline std::optional<GridField> parse_grid(const json& header, const std::map<st
     return out;
 }
 
+/// (1.2) The code grid buffers (§5.2): `codes` whole, or a delta's `code_index` / `code_values`.
+inline void check_codes(const std::optional<GridField>& grid, const std::map<std::string, Buffer>& bufs) {
+    for (const char* name : {"codes", "code_values"}) {
+        auto b = bufs.find(name);
+        if (b == bufs.end()) continue;
+        for (std::size_t k = 0; k < b->second.size(); ++k) {
+            if (b->second.i64(k) < 0) throw Malformed("grid", std::string(name) + ": a code is negative");
+        }
+    }
+    bool has_index = bufs.count("code_index") > 0, has_values = bufs.count("code_values") > 0;
+    auto codes = bufs.find("codes");
+    bool has_codes = codes != bufs.end();
+    if (!grid) {
+        if (has_index || has_values) throw Malformed("grid", "code_index/code_values without grid");
+        auto p = bufs.find("patches");
+        if (has_codes && p != bufs.end() &&
+            (codes->second.shape[0] != p->second.shape[0] || codes->second.shape[1] != p->second.shape[1])) {
+            throw Malformed("grid", "codes do not match the patch grid");
+        }
+        return;
+    }
+    if (has_codes && (static_cast<std::int64_t>(codes->second.shape[0]) != grid->gh ||
+                      static_cast<std::int64_t>(codes->second.shape[1]) != grid->gw)) {
+        throw Malformed("grid", "codes must be (gh, gw)");
+    }
+    if (grid->kind == GridKind::skip && (has_codes || has_index || has_values)) {
+        throw Malformed("grid", "a skip update carries no code buffers");
+    }
+    if (has_index || has_values) {
+        if (grid->kind != GridKind::delta || has_codes || !has_index || !has_values) {
+            throw Malformed("grid", "code_index and code_values come together, in a delta without codes");
+        }
+        const Buffer& index = bufs.at("code_index");
+        if (index.shape[0] != bufs.at("code_values").shape[0]) {
+            throw Malformed("grid", "code_index and code_values must have the same C");
+        }
+        for (std::size_t k = 0; k < index.size(); ++k) {
+            std::int64_t v = index.i64(k);
+            if (v < 0 || v / grid->gw >= grid->gh) throw Malformed("grid", "code_index out of range");
+        }
+    }
+}
+
 inline Frame parse_frame(const json& h, std::map<std::string, Buffer>&& bufs) {
     Frame f;
     f.stream = h["stream"].get<std::string>();
@@ -629,7 +672,8 @@ inline Frame parse_frame(const json& h, std::map<std::string, Buffer>&& bufs) {
         take(name);
     }
     const std::pair<const char*, DType> others[] = {
-        {"patch_index", DType::int32}, {"query_score", DType::float32}, {"preview", DType::uint8}};
+        {"patch_index", DType::int32}, {"query_score", DType::float32}, {"preview", DType::uint8},
+        {"code_index", DType::int32}, {"code_values", DType::int16}};
     for (const auto& [name, want] : others) {
         auto b = bufs.find(name);
         if (b == bufs.end()) continue;
@@ -638,11 +682,18 @@ inline Frame parse_frame(const json& h, std::map<std::string, Buffer>&& bufs) {
         }
         take(name);
     }
+    if (auto c = bufs.find("codes"); c != bufs.end()) {  // (1.2) the code grid (§5.2)
+        if (c->second.ndim() != 2 || c->second.dtype != DType::int16) {
+            throw Malformed("tokens", "codes must be 2-dimensional int16");
+        }
+        take("codes");
+    }
     bool qc = bufs.count("query_ctx") > 0, qs = bufs.count("query_score") > 0;
     if (qc != qs || (qc && bufs.at("query_ctx").shape[0] != bufs.at("query_score").shape[0])) {
         throw Malformed("tokens", "query_ctx (Q, D) and query_score (Q,) go together");
     }
     f.grid = parse_grid(h, bufs);
+    check_codes(f.grid, bufs);
     for (const char* name : known) f.buffers.emplace(name, std::move(bufs.at(name)));
     return f;
 }
