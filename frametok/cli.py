@@ -407,7 +407,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise ConfigError(f"--crop: expected x1,y1,x2,y2 in pixels, got {args.crop!r}")
     index = open_index(args.db, models_dirs=tuple(args.models or ()))
     hits = index.search(args.filters, image=args.image, crop_xyxy=crop, t_from=args.t_from, t_to=args.t_to,
-                        video=args.video, limit=args.limit or None)
+                        video=args.video, limit=args.limit or None, like_codes=args.like_codes)
     if args.thumbs:
         write_thumbs(hits, args.thumbs)
     if args.json:
@@ -589,6 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
     srch.add_argument("filters", nargs="*", metavar="FILTER", help="'truck', 'person >= 5', 'car == 0' (all must hold)")
     srch.add_argument("--db", required=True, metavar="DIR")
     srch.add_argument("--image", metavar="FILE", help="rank frames by similarity to this image")
+    srch.add_argument("--like-codes", metavar="VIDEO:FRAME",
+                      help="rank frames by how like this frame their codebook codes are (histogram intersection; "
+                      "VIDEO: a video id or part of its path; an index made with encoder.codebook)")
     srch.add_argument("--crop", metavar="X1,Y1,X2,Y2", help="use this part of --image (pixels)")
     srch.add_argument("--from", dest="t_from", type=float, metavar="S", help="from this time (seconds)")
     srch.add_argument("--to", dest="t_to", type=float, metavar="S", help="up to this time (seconds)")

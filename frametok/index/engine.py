@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SourceError
+from ..grid import GridDecompressor
 from ..packet import StreamInfo, Timestamps, TokenPacket
 from ..streamer.source.decode import DecodedFrame, decode_frames
 from ..streamer.worker.models import LoadedModels, Models, load_models
@@ -135,9 +136,11 @@ class FrameEngine:
         models = dict(self.loaded.infos)
         yield Chunk("info", class_names=self.info.class_names(), models=models)
         dim, content = token_dims(models)
-        rows = FrameRows(job.video_id, fps=job.fps, dim=dim, content_tokens=content, track_offset=job.track_offset)
         ec = self.config.encoder
         soft = SoftTokenStream(ec, self.loaded.queries) if self.loaded.encoder is not None and ec else None
+        codes = GridDecompressor() if soft is not None and soft.codebook is not None else None
+        rows = FrameRows(job.video_id, fps=job.fps, dim=dim, content_tokens=content, track_offset=job.track_offset,
+                         codes=codes is not None)
         tracker = self.loaded.tracker(self.config.sources[0].fps if self.config.sources else None)
         reader = _Reader(job, 2 * self.max_batch)
         last_yield = time.monotonic()
@@ -147,7 +150,7 @@ class FrameEngine:
             while not ended:
                 frames, ended = reader.take(self.max_batch)
                 t0 = time.perf_counter()
-                for packet in self._batch(job, frames, soft, tracker):
+                for packet in self._batch(job, frames, soft, tracker, codes):
                     rows.row(packet)
                 busy += time.perf_counter() - t0
                 now = time.monotonic()
@@ -173,8 +176,9 @@ class FrameEngine:
         return out
 
     def _batch(self, job: VideoJob, frames: list[DecodedFrame], soft: SoftTokenStream | None,
-               tracker: Any) -> list[TokenPacket]:
-        """The packets of one batch of frames, as the worker makes them (gather, model lane, emit)."""
+               tracker: Any, codes: GridDecompressor | None = None) -> list[TokenPacket]:
+        """The packets of one batch of frames, as the worker makes them (gather, model lane, emit);
+        ``codes``: the code grid rebuilt from the grid updates as a lossless subscriber does (a codebook)."""
         if not frames:
             return []
         det, enc = self.loaded.detector, self.loaded.encoder
@@ -210,9 +214,16 @@ class FrameEngine:
                 stream_id=job.stream, frame_index=frame.index, pts_s=frame.pts_s, size_wh=(w, h), policy="file",
                 timestamps=Timestamps(frame.t_capture_ns, frame.t_decode_ns, t_infer),
                 detections=found, context_token=tokens.context, content_tokens=tokens.content,
-                models=self.loaded.ids,
+                models=self.loaded.ids, code_grid=self._codes(codes, tokens),
             ))
         return out
+
+    @staticmethod
+    def _codes(codes: GridDecompressor | None, tokens: SoftTokens) -> Any:
+        if codes is None or tokens.grid_update is None:
+            return None
+        codes.apply(tokens.grid_update)
+        return codes.code_grid()
 
     def embeddings(self, path: str, boxes: list[tuple[int, list[float]]]) -> list[Any]:
         """Track embeddings: the encoder's context token of each (best frame, box) crop of ``path``."""

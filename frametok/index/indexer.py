@@ -100,6 +100,11 @@ def index_config(opts: IndexOptions, path: Path | str, sid: str, start_frame: in
     if over.get("encoder", {}) is not None:
         over.setdefault("encoder", {})["patches"] = False  # the index keeps context and content tokens
     config = load_config(opts.config, over)
+    if config.encoder is not None and config.encoder.codebook:
+        # the code grid travels with the compressed patch grid: the lossless subscriber rebuilds it (and
+        # its code histogram goes into the index); the patch tokens themselves are not stored
+        over["encoder"] = {**over["encoder"], "patches": True, "compress": True}
+        config = load_config(opts.config, over)
     if threads and not config.worker.threads:
         config = config.model_copy(update={"worker": config.worker.model_copy(update={"threads": threads})})
     return config
@@ -307,6 +312,7 @@ class Indexer:
         self.store.put_video({**base, "state": "indexing", "updated_ns": time.time_ns()})
         consumer = _Consumer(self.store, config.publisher.lossless_endpoint, sid, base, fps, track_offset,
                              self.options.batch_rows, self._progress.update)
+        consumer.codes = config.encoder is not None and bool(config.encoder.codebook)
         consumer.start()
         try:
             summary = run_pipeline(config, models=models, log_level=self.options.log_level)
@@ -349,6 +355,7 @@ class _Consumer:
         self.store, self.endpoint, self.sid, self.base = store, endpoint, sid, base
         self.fps, self.track_offset, self.batch_rows, self.on_frame = fps, track_offset, batch_rows, on_frame
         self.writer: FrameWriter | None = None
+        self.codes = False  # the stream carries code grids: their histograms go into the index
         self.ended = False
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -398,6 +405,7 @@ class _Consumer:
                             dim, content = token_dims(json.loads(self.base["models"]))
                             self.writer = FrameWriter(self.store, self.base["video_id"], fps=self.fps, dim=dim,
                                                       content_tokens=content, track_offset=self.track_offset,
+                                                      codes=self.codes or msg.code_grid is not None,
                                                       batch=self.batch_rows)
                         self.writer.add(msg)
                         self.on_frame(1)

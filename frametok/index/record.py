@@ -81,8 +81,12 @@ def record(endpoint: str | Sequence[str], db: str | Path, *, streams: Sequence[s
                         if base["width"] == 0:
                             base["width"], base["height"] = msg.size_wh
                         dim, content = token_dims(json.loads(base["models"]))
+                        # a codebook's code grids (rebuilt by the Subscriber): their histograms are stored
+                        codes = msg.code_grid is not None or (
+                            msg.grid_update is not None and msg.grid_update.codes is not None)
                         writers[sid] = FrameWriter(store, base["video_id"], fps=None, dim=dim,
-                                                   content_tokens=content, batch=batch_rows, interval_s=2.0)
+                                                   content_tokens=content, codes=codes, batch=batch_rows,
+                                                   interval_s=2.0)
                     writers[sid].add(msg)
                     report.frames[sid] = report.frames.get(sid, 0) + 1
                     total += 1

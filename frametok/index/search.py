@@ -5,7 +5,8 @@ cosine) with every frame's context token and with each track's embedding (the co
 box's crop); its mean patch token with the frames' content tokens. Objects: within the best-matching
 tracks, every frame's box is decoded again from the source video and compared with the query image
 (normalised cross-correlation), which finds the very frame a crop came from. A frame's score is the best
-of its token and object scores.
+of its token and object scores. With a codebook, frames can also be ranked by how like a given frame their
+codes are (:mod:`frametok.index.codes`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class Hit:
     frame: int
     t_s: float
     score: float
-    match: str  # classes | context | content | object
+    match: str  # classes | context | content | object | codes
     counts: dict[str, int] = field(default_factory=dict)
     boxes: list[list[float]] = field(default_factory=list)  # xyxy of the detections that matched
     video_id: str = ""
@@ -89,15 +90,26 @@ class Index:
 
     def search(self, filters: Sequence[str | ClassFilter] = (), *, image: str | Path | None = None,
                crop_xyxy: Sequence[int] | None = None, t_from: float | None = None, t_to: float | None = None,
-               video: str | None = None, limit: int | None = 20, object_tracks: int = 64) -> list[Hit]:
+               video: str | None = None, limit: int | None = 20, object_tracks: int = 64,
+               like_codes: str | tuple[str, int] | None = None) -> list[Hit]:
         """Frames matching every class filter, in the time range and video (a path or part of one), ranked
-        by similarity to ``image`` (cropped to ``crop_xyxy``) when given, else in time order.
+        by similarity to ``image`` (cropped to ``crop_xyxy``) when given, or to the code histogram of the
+        frame ``like_codes`` (``VIDEO:FRAME``: a video id or part of its path; histogram intersection, see
+        :mod:`frametok.index.codes`; frames without a histogram are left out), else in time order.
 
         ``object_tracks``: how many tracks (the best by embedding) have their boxes compared with the query's
         pixels. Crop embeddings of small people are weak identifiers (on vtest.avi the right track ranked
         anywhere from 1st to 32nd of 38), so the default shortlist is wide."""
         parsed = [parse_filter(f) for f in filters]
-        videos = {v["video_id"]: v for v in self.videos() if video is None or video in v["video"]}
+        if image is not None and like_codes is not None:
+            raise ConfigError("search: give --image or --like-codes, not both")
+        every = {v["video_id"]: v for v in self.videos()}
+        videos = {k: v for k, v in every.items() if video is None or video in v["video"]}
+        like = None
+        if like_codes is not None:
+            from .codes import parse_like_codes, query_hist
+
+            like = query_hist(self.store, every, *parse_like_codes(like_codes))
         if not videos:
             return []
         where = [f"video_id IN ({', '.join(quote(v) for v in videos)})"]
@@ -121,8 +133,10 @@ class Index:
         kind = np.full(table.num_rows, "classes", dtype=object)
         if image is not None:
             scores, kind = self._similarity(rows, sql, image, crop_xyxy, videos, object_tracks)
+        elif like is not None:
+            scores, kind = self._like_codes(rows, sql, like, keep)
         order = np.flatnonzero(keep)
-        if image is not None:
+        if image is not None or like is not None:
             order = order[np.argsort(-scores[order], kind="stable")]
         else:
             order = order[np.lexsort((rows.frame[order], rows.video_id[order]))]
@@ -152,6 +166,20 @@ class Index:
         if ref not in self._encoders:
             self._encoders[ref] = load_encoder(ref, self.models_dirs, expect)
         return self._encoders[ref]
+
+    def _like_codes(self, rows: _Rows, sql: str, like: NDArray[np.float64],
+                    keep: NDArray[np.bool_]) -> tuple[NDArray[np.float64], Any]:
+        """Histogram intersection of every frame's codes with ``like``; frames without codes leave ``keep``."""
+        from .codes import hist_matrix, intersection
+
+        table = self.store.read("frames", sql, ["video_id", "frame", "code_hist"])
+        idx = rows.lookup(table.column("video_id").to_pylist(), table.column("frame").to_pylist())
+        shares, have = hist_matrix(table.column("code_hist").to_pylist())
+        scores = np.full(len(rows.frame), -1.0)
+        ok = (idx >= 0) & have
+        scores[idx[ok]] = intersection(shares[ok], like)
+        keep &= scores >= 0.0
+        return scores, np.full(len(rows.frame), "codes", dtype=object)
 
     def _similarity(self, rows: _Rows, sql: str, image: str | Path, crop_xyxy: Sequence[int] | None,
                     videos: dict[str, dict[str, Any]], object_tracks: int) -> tuple[NDArray[np.float64], Any]:

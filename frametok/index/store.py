@@ -1,7 +1,8 @@
 """The index database: a LanceDB folder with a ``meta``, a ``videos``, a ``frames`` and a ``tracks`` table.
 
 ``frames``: one row per indexed frame (video, stream, frame index, pts, time, detections with track ids,
-context token, content tokens). ``tracks``: one row per track of a finished video (class, first and last
+context token, content tokens, and with a codebook ``code_hist``: how often each code occurs in the frame's
+code grid). ``tracks``: one row per track of a finished video (class, first and last
 frame and time, best box, and an embedding of the best box's crop). ``videos``: what was indexed from
 which file (its fingerprint, state, models, class names). ``meta``: the schema version.
 
@@ -19,9 +20,14 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["SCHEMA_VERSION", "Store", "frames_schema", "quote", "tracks_schema", "videos_schema"]
+__all__ = ["OPTIONAL_FRAME_COLUMNS", "SCHEMA_VERSION", "Store", "frames_schema", "quote", "tracks_schema",
+           "videos_schema"]
 
+# Version 1 still: ``code_hist`` is an optional column (like ``ctx``), absent from an index made without a
+# codebook or before it existed; such an index opens and is searched as before (not by codes), and a run
+# with a codebook that writes into it adds the column (null in the rows already there): see Store.ensure.
 SCHEMA_VERSION = 1
+OPTIONAL_FRAME_COLUMNS = ("code_hist",)
 
 
 def _lancedb() -> Any:
@@ -62,8 +68,9 @@ def videos_schema() -> Any:
     ])
 
 
-def frames_schema(dim: int, content_tokens: int) -> Any:
-    """``dim``: the encoder's token size (0: no encoder); ``content_tokens``: pool x pool (0: none)."""
+def frames_schema(dim: int, content_tokens: int, codes: bool = False) -> Any:
+    """``dim``: the encoder's token size (0: no encoder); ``content_tokens``: pool x pool (0: none);
+    ``codes``: a code histogram per frame (a codebook)."""
     import pyarrow as pa
 
     fields = [
@@ -82,6 +89,10 @@ def frames_schema(dim: int, content_tokens: int) -> Any:
         fields.append(pa.field("ctx", pa.list_(pa.float32(), dim)))
         if content_tokens:
             fields.append(pa.field("content", pa.list_(pa.float32(), dim * content_tokens)))
+    if codes:
+        # counts of codes 0, 1, ... up to the highest code in the frame (they sum to gh x gw); null: the frame
+        # had no code grid (a live subscriber out of sync)
+        fields.append(pa.field("code_hist", pa.list_(pa.int32())))
     return pa.schema(fields, metadata={"dim": str(dim), "content_tokens": str(content_tokens)})
 
 
@@ -134,7 +145,9 @@ class Store:
         return self._tables[name]
 
     def ensure(self, name: str, schema: Any) -> Any:
-        """The table ``name``, created with ``schema``; an existing one must have the same columns."""
+        """The table ``name``, created with ``schema``; an existing one must have the same columns, but for
+        the optional frame columns: one ``schema`` has and the table lacks is added (null in the rows there);
+        one the table has and ``schema`` lacks is kept (the caller writes the table's schema, nulls there)."""
         table = self.table(name)
         if table is None:
             table = self.db.create_table(name, schema=schema)
@@ -142,6 +155,14 @@ class Store:
             return table
         have = [(f.name, str(f.type)) for f in table.schema]
         want = [(f.name, str(f.type)) for f in schema]
+        optional = OPTIONAL_FRAME_COLUMNS if name == "frames" else ()
+        core = [c for c in want if c[0] not in optional]
+        if have != want and [c for c in have if c[0] not in optional] == core:
+            missing = [schema.field(c[0]) for c in want if c not in have]
+            if all(c in want for c in have if c[0] in optional) or not missing:
+                if missing:
+                    table.add_columns(missing)  # an index from before the column (or without it): migrated
+                return table
         if have != want:
             raise ConfigError(
                 f"index {self.path}: table {name!r} holds columns {have}, this run writes {want} "

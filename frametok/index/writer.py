@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..models.codebook import code_counts
 from ..packet import TokenPacket
 from .store import Store, frames_schema
 
@@ -40,17 +41,19 @@ def rows_table(rows: list[dict[str, Any]], schema: Any) -> Any:
 class FrameRows:
     """Frame packets of one video into ``frames`` rows (kept in memory; :class:`FrameWriter` appends them).
 
-    ``track_offset`` is added to every track id (a resumed run's tracker counts from 1 again).
+    ``track_offset`` is added to every track id (a resumed run's tracker counts from 1 again). ``codes``: the
+    stream carries code grids (a codebook): each row gets the counts of its packet's ``code_grid``.
     """
 
     def __init__(self, video_id: str, *, fps: float | None, dim: int, content_tokens: int,
-                 track_offset: int = 0) -> None:
+                 track_offset: int = 0, codes: bool = False) -> None:
         self.video_id = video_id
         self.fps = fps
         self.dim = dim
         self.content_tokens = content_tokens
         self.track_offset = track_offset
-        self.schema = frames_schema(dim, content_tokens)
+        self.codes = codes
+        self.schema = frames_schema(dim, content_tokens, codes)
         self.rows: list[dict[str, Any]] = []
         self.last_frame = -1
         self.max_track = -1
@@ -83,6 +86,9 @@ class FrameRows:
             row["ctx"] = self._vector(packet.context_token, self.dim)
             if self.content_tokens:
                 row["content"] = self._vector(packet.content_tokens, self.dim * self.content_tokens)
+        if self.codes:
+            grid = packet.code_grid
+            row["code_hist"] = code_counts(grid).tolist() if grid is not None and grid.size else None
         self.rows.append(row)
         self.last_frame = packet.frame_index
         return row
@@ -113,12 +119,16 @@ class FrameWriter(FrameRows):
     """
 
     def __init__(self, store: Store, video_id: str, *, fps: float | None, dim: int, content_tokens: int,
-                 track_offset: int = 0, batch: int = 256, interval_s: float = 10.0) -> None:
-        super().__init__(video_id, fps=fps, dim=dim, content_tokens=content_tokens, track_offset=track_offset)
+                 track_offset: int = 0, codes: bool = False, batch: int = 256, interval_s: float = 10.0) -> None:
+        super().__init__(video_id, fps=fps, dim=dim, content_tokens=content_tokens, track_offset=track_offset,
+                         codes=codes)
         self.store = store
         self.batch = batch
         self.interval_s = interval_s
         self.table = store.ensure("frames", self.schema)
+        if not codes and "code_hist" in self.table.schema.names:  # an index with codes: null rows here
+            self.codes = True
+            self.schema = frames_schema(dim, content_tokens, True)
         self.written = 0
         self._last_flush = time.monotonic()
 

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..errors import ConfigError, ModelError
 from .manifest import EncoderManifest, file_sha256
 
-__all__ = ["CODEBOOK_SCHEMA_VERSION", "MAX_CODES", "Codebook", "CodebookManifest", "code_histogram",
+__all__ = ["CODEBOOK_SCHEMA_VERSION", "MAX_CODES", "Codebook", "CodebookManifest", "code_counts", "code_histogram",
            "codebook_paths", "fit_codebook", "load_codebook"]
 
 CODEBOOK_SCHEMA_VERSION = 1
@@ -101,6 +101,14 @@ def code_histogram(codes: NDArray[np.integer[Any]], k: int) -> NDArray[np.float3
     counts = np.bincount(np.asarray(codes, np.int64).reshape(-1), minlength=k)[:k].astype(np.float32)
     total = float(counts.sum())
     return counts / total if total else counts
+
+
+def code_counts(codes: NDArray[np.integer[Any]], k: int | None = None) -> NDArray[np.int32]:
+    """How many cells of ``codes`` hold each code: ``k`` counts, or (``k`` None) counts of codes 0 up to the
+    highest one present (what the index stores: a subscriber knows the codes, not always ``k``)."""
+    flat = np.asarray(codes, np.int64).reshape(-1)
+    counts = np.bincount(flat, minlength=k or 0)
+    return np.asarray(counts[:k] if k else counts, np.int32)
 
 
 @functools.lru_cache(maxsize=8)
