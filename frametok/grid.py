@@ -156,12 +156,15 @@ class GridDecompressor:
             self.n, self.in_sync = update.n, True
             self._apply_codes(update)
             return update.values
-        if not self.in_sync or self.grid is None or update.n != self.n + 1 or self.grid.shape[:2] != update.grid_hw:
+        fits = self.grid is not None and self.grid.shape[:2] == update.grid_hw and (
+            update.kind != "delta" or update.values is None or update.values.shape[1] == self.grid.shape[2])
+        if not self.in_sync or not fits or update.n != self.n + 1:  # a delta of another D: out of sync too
             if self.in_sync:
                 self.lost_sync += 1
             self.in_sync = False
             self.codes = None
             return None
+        assert self.grid is not None
         self._apply_codes(update)
         if update.kind == "delta":
             assert update.index is not None and update.values is not None

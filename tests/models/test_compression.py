@@ -100,3 +100,15 @@ def test_update_checks_itself() -> None:
         GridUpdate("delta", 1, (2, 2), index=np.array([4], np.int32), values=np.zeros((1, 3), np.float16))
     with pytest.raises(ValueError, match="key update needs"):
         GridUpdate("key", 0, (2, 2), values=np.zeros((3, 2, 4)))
+
+
+def test_a_delta_of_another_dimension_puts_the_subscriber_out_of_sync() -> None:
+    """docs/protocol.md §5.1: a delta that does not fit the grid held leaves the subscriber out of sync
+    (no grid until the next key), never an exception or a silently broadcast grid."""
+    dec = GridDecompressor()
+    key = np.ones((2, 2, 4), np.float16)
+    assert dec.apply(GridUpdate("key", 0, (2, 2), values=key)) is not None
+    for d in (1, 8):  # D 1 would broadcast into the grid; 8 would not fit
+        delta = GridUpdate("delta", 1, (2, 2), index=np.array([0], np.int32), values=np.zeros((1, d), np.float16))
+        assert dec.apply(delta) is None and not dec.in_sync
+        dec.apply(GridUpdate("key", 0, (2, 2), values=key))

@@ -10,7 +10,7 @@ connection is not taken back. At most ``max_peers`` subscribers are admitted at 
 
 Control messages (DEALER -> ROUTER), each a multipart message:
 
-* ``[b"HELLO", json {"v": [1, 0], "streams": [ids] | null, "credit": n}]`` (again, as a heartbeat,
+* ``[b"HELLO", json {"v": [1, 2], "streams": [ids] | null, "credit": n}]`` (again, as a heartbeat,
   when idle; a known subscriber's HELLO only refreshes it);
 * ``[b"CREDIT", ascii decimal n]``;
 * ``[b"KEY", stream id]``: the subscriber lost a stream's grid; its next one is sent whole, to it alone;
