@@ -11,6 +11,9 @@ records every packet for ``--seconds`` (default 60) after the first one. Reporte
   (one per batch): the time between consecutive batches while the worker is saturated, and the frames
   per batch; and, as a cross-check, the models alone (pre/post-processing and inference of one frame in
   this process, after the run);
+* ``own_batch``: each packet's latency over its own batch's time (from the batch before to its own), and
+  the latency less that batch (about the frame's age when the worker took it): what pacing decides, apart
+  from how long the machine took for that batch;
 * ``target``: p99 latency below twice the per-batch time, and no growth from the first to the last window.
 
     python bench/latency.py --models ../shared/models [--seconds 60] [--fps 30] [--detector yolov8n]
@@ -138,6 +141,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     cycles_ms = np.diff(batch_ends) / 1e6
     frames_per_batch = len(infer) / len(batch_ends)
     batch_ms = float(np.median(cycles_ms)) if len(cycles_ms) else float("nan")
+    # each packet against its own batch (the time from the batch before it to its own t_infer): on a shared
+    # machine the batch time itself varies, and a slow batch makes its frames late whatever the pacing.
+    # ``age_at_take``: latency less its own batch, about the frame's age when the worker took it
+    j = np.searchsorted(batch_ends, infer)
+    own = np.where(j > 0, (infer - batch_ends[np.maximum(j - 1, 0)]) / 1e6, np.nan)
+    ok = np.isfinite(own) & (own > 0)
+    own_ratio = latency[ok] / own[ok]
+    age_at_take = latency[ok] - own[ok]
     arrived = int(data[-1, 5] - data[0, 5] + 1)
     drops = dropped[-1] - dropped[0]
     result: dict[str, Any] = {
@@ -161,6 +172,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "batch_ms_p99": round(float(np.percentile(cycles_ms, 99)), 1) if len(cycles_ms) else None,
             "frames_per_batch": round(frames_per_batch, 2),
             "infer_to_publish_ms_p50": round(float(np.median((data[:, 4] - data[:, 3]) / 1e6)), 2),
+        },
+        "own_batch": {
+            "latency_over_own_batch_p50": round(float(np.percentile(own_ratio, 50)), 2),
+            "latency_over_own_batch_p99": round(float(np.percentile(own_ratio, 99)), 2),
+            "age_at_take_ms": _stats(age_at_take.tolist()),
         },
         "window_s": args.window,
         "summary": out.strip().splitlines()[-1] if out.strip() else "",

@@ -57,12 +57,28 @@ def _worker_paced() -> _Pacer:
     return pacer
 
 
+def _due(pacer: _Pacer, now: float, period: float = PERIOD) -> bool:
+    """The source's frames up to ``now`` have arrived (one every ``period`` from 0): is the newest due?"""
+    arrivals = [k * period for k in range(1, int(now / period + 1e-9) + 1)]
+    for t in arrivals:
+        if pacer._last_arrival is None or t > pacer._last_arrival + 1e-9:
+            pacer.arrived(t)
+    return pacer.due(now)
+
+
+def _goes_at(pacer: _Pacer, target: float) -> None:
+    """The frame goes with the last arrival before ``target`` (the worker's due time less the lead): held
+    until then while a newer frame may still come, at once when none can before ``target``."""
+    last = int(target / PERIOD + 1e-9) * PERIOD
+    assert not _due(pacer, last - 0.001), "held while a newer frame may come before the worker is due"
+    assert _due(pacer, last + 0.001), "no newer frame can come before the worker is due: it goes now"
+
+
 def test_the_frame_goes_just_before_the_worker_is_due() -> None:
     pacer = _worker_paced()
-    due = 0.003 + BATCH
-    assert not pacer.due(0.05)
-    assert not pacer.due(due - LEAD - 0.001)
-    assert pacer.due(due - LEAD + 0.001)
+    assert not _due(pacer, 0.05)
+    _goes_at(pacer, 0.003 + BATCH - LEAD)
+    assert _due(pacer, 0.003 + BATCH - LEAD + 0.001)
 
 
 def test_the_batch_running_when_the_frame_went_is_not_the_one_to_aim_at() -> None:
@@ -72,11 +88,10 @@ def test_the_batch_running_when_the_frame_went_is_not_the_one_to_aim_at() -> Non
     pacer = _worker_paced()
     pacer.announced()  # frame 2 goes during the batch started at 0.003...
     pacer.taken(0.097)  # ...and is taken when it ends; the ring still shows that batch
-    assert not pacer.due(0.10)
-    assert pacer.due(0.097 + BATCH - LEAD + 0.001)
+    assert not _due(pacer, 0.10)
+    assert not _due(pacer, 0.15)  # aiming at 0.097 + BATCH: frames still come before it
     pacer.worker_cycle(0.100, 0.100 + BATCH, BATCH)  # now the batch holding frame 2 is announced
-    assert not pacer.due(0.100 + BATCH - LEAD - 0.001)
-    assert pacer.due(0.100 + BATCH - LEAD + 0.001)
+    _goes_at(pacer, 0.100 + BATCH - LEAD)
 
 
 def test_a_frame_that_missed_a_batch_aims_at_the_next_one_not_every_other() -> None:
@@ -88,12 +103,11 @@ def test_a_frame_that_missed_a_batch_aims_at_the_next_one_not_every_other() -> N
     pacer.worker_cycle(0.100, 0.194, BATCH)  # ...but missed the batch started at 0.100
     pacer.taken(0.194)  # taken when that one ended, into the batch started at 0.197
     pacer.worker_cycle(0.197, 0.291, BATCH)
-    assert not pacer.due(0.291 - LEAD - 0.001)
-    assert pacer.due(0.291 - LEAD + 0.001)  # the next batch, not 0.385
+    _goes_at(pacer, 0.291 - LEAD)  # the next batch, not 0.385
     pacer.announced()
     pacer.taken(0.291)
     pacer.worker_cycle(0.294, 0.388, BATCH)
-    assert pacer.due(0.388 - LEAD + 0.001) and not pacer.due(0.388 - LEAD - 0.001)
+    _goes_at(pacer, 0.388 - LEAD)
 
 
 def test_a_worker_that_keeps_up_still_gets_every_frame_at_once() -> None:
@@ -105,3 +119,26 @@ def test_a_worker_that_keeps_up_still_gets_every_frame_at_once() -> None:
         pacer.announced()
         pacer.taken(t + 0.001)
         pacer.worker_cycle(t + 0.002, t + 0.014, 0.012)
+
+
+def test_a_source_slower_than_the_worker_is_neither_held_nor_replaced() -> None:
+    """A 3 fps camera beside a busy one: its frame goes at once (no newer one can come before the worker
+    is due, holding it would only risk losing it to the next) and is never replaced while it waits."""
+    quiet = 1 / 3
+    pacer = _Pacer(lead_s=LEAD)
+    pacer.arrived(0.0)
+    pacer.announced()
+    pacer.taken(0.0)
+    pacer.worker_cycle(0.003, 0.003 + BATCH, BATCH)
+    pacer.arrived(quiet)
+    assert pacer.due(quiet)  # the worker is due back at 0.097 - long before the next frame
+    pacer.worker_cycle(0.3, 0.3 + BATCH, BATCH)
+    assert pacer.due(quiet) and not pacer.may_replace()
+
+
+def test_a_newer_frame_replaces_the_one_announced_only_when_the_worker_paces() -> None:
+    """Paced by the worker (and slower than the source), a frame announced and not taken yet (the batch ran
+    long) gives its place to a newer one; a pacer that only learnt the cycle from its takes keeps the old
+    behaviour (no replacing)."""
+    assert not _pacer([0.0, 0.2, 0.4]).may_replace()
+    assert _worker_paced().may_replace()

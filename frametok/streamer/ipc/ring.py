@@ -202,6 +202,11 @@ class FrameRing:
         row = self.header[slot]
         return bool(row[_CLAIMED] == seq or row[_RELEASED] == seq or row[_FRAME_SEQ] != seq)
 
+    def unclaimed(self, slot: int, seq: int) -> bool:
+        """Does ``slot`` still hold frame ``seq``, neither claimed nor released by the worker?"""
+        row = self.header[slot]
+        return bool(row[_FRAME_SEQ] == seq and row[_CLAIMED] != seq and row[_RELEASED] != seq)
+
     def all_released(self) -> bool:
         """True when the worker has finished with every frame written so far."""
         h = self.header

@@ -24,7 +24,12 @@ class Pacer:
     frame, or a later one), never the one it was already running: a stream whose frame missed a batch
     aims at the very next one again, and cannot settle at every other batch. Between the worker taking a
     frame and starting its batch (its pre-processing) the due time is the take plus the worker's cycle.
-    A worker that keeps up is back before the next frame arrives: every frame goes at once.
+    A worker that keeps up is back before the next frame arrives: every frame goes at once. A frame that
+    arrives while the one announced is still not taken (the batch took longer than the worker said)
+    takes its place in the ring (:meth:`may_replace`): the worker finds the newest frame, whatever its
+    timing error. Only a source at least twice as fast as the worker is held or replaced, and a frame only
+    while a newer one may still arrive before it goes: one about as fast as the worker, or slower (a quiet
+    camera beside a busy one), has every frame announced at once and loses none to a slow batch.
 
     **Without it** (a worker that announces nothing yet): the pacer learns the worker's cycle (the shortest
     of the last few times between two takes) and lets the newest frame go a frame period and a half before
@@ -45,6 +50,7 @@ class Pacer:
         # the worker's announcement (monotonic seconds): batch started, due back, a batch's time (0: none yet)
         self.submitted_s = self.worker_due_s = self.worker_cycle_s = 0.0
         self._announced_in = -1.0  # ``submitted_s`` when the last frame was announced
+        self.replace = False  # the frame announced is not taken yet and a newer one may replace it (the writer)
 
     def arrived(self, now: float) -> None:
         if self._last_arrival is not None:
@@ -80,12 +86,28 @@ class Pacer:
             return self.worker_due_s
         return self.taken_at + self.worker_cycle_s  # it took our frame and is still preparing its batch
 
+    def may_replace(self) -> bool:
+        """May a newer frame take the place of the one announced and not yet taken? Yes when the worker paces
+        us: the frame was announced just before the worker is due, and if the worker is late the newest
+        frame, not the one announced, is what it should find (it drops the first notice, whose frame is gone)."""
+        return self._faster_than_worker()
+
+    def _faster_than_worker(self) -> bool:
+        """At least two frames arrive per batch of the worker: it drops frames anyway, and the pacer picks
+        which. A source about as fast as the worker, or slower, is announced at once and never replaced: a
+        slow batch then delays its frames instead of losing them (a quiet camera beside a busy one)."""
+        return 0.0 < 2 * (self.period or 1 / 30) <= self.worker_cycle_s
+
     def due(self, now: float) -> bool:
-        if self.taken_at is None:
+        if self.replace or self.taken_at is None:
             return True
         worker_due = self.worker_due()
         if worker_due is not None:
-            return now >= worker_due - self.lead_s
+            # held only while a newer frame may still come before it would go: a source slower than the
+            # worker has each frame announced at once (holding it would only risk losing it to the next)
+            next_arrival = (self._last_arrival or now) + (self.period or 1 / 30)
+            return not self._faster_than_worker() or now >= worker_due - self.lead_s \
+                or next_arrival >= worker_due - self.lead_s
         if not self.cycles:
             return True
         return now >= self.taken_at + min(self.cycles) - self._lead()

@@ -35,11 +35,13 @@ class RingWriter:
         self.ring_dropped = 0  # overwritten in the ring (live; only when the worker lost track of a frame)
         self.outstanding: tuple[int, int] | None = None  # (slot, seq) announced, not yet taken by the worker
         self.notices: dict[int, FrameNotice] = {}  # slot -> the notice of the frame it holds
+        self.replace = False  # the next frame written takes the place of the outstanding one (live)
+        self.replaced = 0  # frames that took the place of one announced and not taken (counted in ring_dropped)
 
     @property
     def written(self) -> int:
         """Frames this producer wrote into its rings."""
-        return self.seq - (self.attempt << 32)
+        return self.seq - (self.attempt << 32) - self.replaced
 
     def _ring_for(self, shape: tuple[int, int, int]) -> FrameRing:
         if self.ring is not None and self.ring.spec.shape_hwc == shape:
@@ -77,7 +79,7 @@ class RingWriter:
         """Put one frame (frame index ``index``) into the ring and tell the worker; False when the run
         stopped meanwhile."""
         ring = self._ring_for(frame.frame_rgb.shape)
-        got = None
+        got = self._replacing(ring)
         while got is None and not self.stop.is_set():
             got = ring.acquire(self.policy, timeout_s=0.1)
             if got is None and self.policy == "live":
@@ -103,6 +105,18 @@ class RingWriter:
         self.seq += 1
         return True
 
+    def _replacing(self, ring: FrameRing) -> tuple[int, int] | None:
+        """Live, paced by the worker: the slot of the frame announced and not yet claimed, for the newer frame
+        to take its place (the worker, finding the first notice's frame gone, takes the second)."""
+        replace, self.replace = self.replace, False
+        if not replace or self.outstanding is None:
+            return None
+        slot, seq = self.outstanding
+        if self.ring is not ring or not ring.unclaimed(slot, seq):
+            return None  # claimed meanwhile: the new frame is the next one
+        self.replaced += 1
+        return slot, seq
+
     def _read_cycle(self, ring: FrameRing) -> None:
         """The worker's batch cycle, as it wrote it into the ring's header, to the pacer."""
         submitted_ns, due_ns, cycle_ns = ring.worker_cycle()
@@ -111,6 +125,7 @@ class RingWriter:
     def taken(self) -> bool:
         """Has the worker taken (claimed, released or lost) the last frame we told it about? (Live: also
         tells the pacer the worker's cycle.)"""
+        self.replace = self.pacer.replace = False
         if self.ring is not None and self.policy == "live":
             self._read_cycle(self.ring)
         if self.outstanding is None or self.ring is None:
@@ -119,6 +134,10 @@ class RingWriter:
         if self.ring.taken(slot, seq):
             self.outstanding = None
             self.pacer.taken(time.monotonic())
+            return True
+        if self.policy == "live" and self.pacer.may_replace():
+            # not taken yet, and the worker paces us: a newer frame may take its place (see Pacer)
+            self.replace = self.pacer.replace = True
             return True
         return False
 
