@@ -98,13 +98,11 @@ def index_config(opts: IndexOptions, path: Path | str, sid: str, start_frame: in
         if value is not None:
             over[role] = None if value.lower() == "none" else {"model": value}
     if over.get("encoder", {}) is not None:
-        over.setdefault("encoder", {})["patches"] = False  # the index keeps context and content tokens
+        enc = load_config(opts.config, over).encoder
+        # the index keeps context and content tokens; with a codebook the code grid travels with the
+        # compressed patch grid (the lossless subscriber rebuilds it, its histogram goes into the index)
+        over.setdefault("encoder", {})["patches"] = enc is not None and bool(enc.codebook)
     config = load_config(opts.config, over)
-    if config.encoder is not None and config.encoder.codebook:
-        # the code grid travels with the compressed patch grid: the lossless subscriber rebuilds it (and
-        # its code histogram goes into the index); the patch tokens themselves are not stored
-        over["encoder"] = {**over["encoder"], "patches": True, "compress": True}
-        config = load_config(opts.config, over)
     if threads and not config.worker.threads:
         config = config.model_copy(update={"worker": config.worker.model_copy(update={"threads": threads})})
     return config
