@@ -211,10 +211,15 @@ class _Damage:
 
     @property
     def complete(self) -> bool:
-        """The last packet ends where the container says the stream ends (within 1%)."""
+        """The last packet ends where the container says the stream ends (within 1%), and that end covers
+        the frames the header announced (a variable-rate AVI announces one frame per tick of its time base:
+        444 frames, duration 444 ticks). An AVI cut short has no index, and FFmpeg then estimates its duration
+        from the packets that are there (vtest.avi cut in half: 795 frames announced, duration 398 ticks): that
+        end is no evidence the file is whole."""
         if not self.duration or self.last_end is None:
             return False
-        return self.last_end - self.start >= self.duration - max(1, self.duration // 100)
+        covers = self.duration >= self.announced - max(1, self.announced // 100)
+        return covers and self.last_end - self.start >= self.duration - max(1, self.duration // 100)
 
     def bad(self, index: int, exc: Exception) -> None:
         if not self.run:
