@@ -147,9 +147,9 @@ class GridDecompressor:
         elif update.kind == "key":
             self.codes = None  # a key without codes: no code grid until the next codes
 
-    def apply(self, update: GridUpdate) -> NDArray[np.floating] | None:
-        """Apply ``update``; the full grid after it (never an array it will change later), or None
-        while out of sync."""
+    def apply(self, update: GridUpdate, copy: bool = True) -> NDArray[np.floating] | None:
+        """Apply ``update``; the full grid after it (never an array it will change later; with
+        ``copy=False`` the grid held itself, valid until the next update), or None while out of sync."""
         if update.kind == "key":
             assert update.values is not None
             self.grid = np.array(update.values, copy=True)
@@ -173,4 +173,4 @@ class GridDecompressor:
                 self.grid = shift_grid(self.grid, update.bias)
             self.grid.reshape(gh * gw, -1)[update.index] = update.values
         self.n = update.n
-        return self.grid.copy()
+        return self.grid.copy() if copy else self.grid

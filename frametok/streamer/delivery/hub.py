@@ -171,7 +171,8 @@ class Hub:
         key), for a subscriber out of sync (a lossless joiner gets it alone)."""
         update = packet.grid_update
         assert update is not None
-        grid = self.grids.setdefault(packet.stream_id, GridDecompressor()).apply(update)
+        # no copy per frame: ``whole`` runs inside this packet's publish, before the next update
+        grid = self.grids.setdefault(packet.stream_id, GridDecompressor()).apply(update, copy=False)
         if grid is None:
             return None
 
