@@ -302,24 +302,11 @@ def parity(models: Path, media: Path, threads: int) -> dict[str, Any]:
 
 
 def trim(video: Path, frames: int, out: Path) -> Path:
-    """The first ``frames`` frames of ``video`` re-encoded (MPEG-4, high bit rate): every stream reads the same."""
-    import av
+    """The first ``frames`` frames of ``video`` re-encoded: bench/pipeline.py's clip, so both benches read the same."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from pipeline import trim_video  # type: ignore[import-not-found]
 
-    from frametok.streamer.source.decode import decode_frames
-
-    with av.open(str(out), "w") as container:
-        stream = None
-        for frame in decode_frames(str(video)):
-            if frame.index >= frames:
-                break
-            if stream is None:
-                h, w = frame.frame_rgb.shape[:2]
-                stream = container.add_stream("mpeg4", rate=10)
-                stream.width, stream.height, stream.pix_fmt, stream.bit_rate = w, h, "yuv420p", 8_000_000
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame.frame_rgb, format="rgb24")))
-        if stream is not None:
-            container.mux(stream.encode(None))
-    return out
+    return Path(trim_video(video, frames, out))
 
 
 def models_loop(clip: Path, models: Path, max_batch: int, threads: int) -> dict[str, Any]:
