@@ -95,6 +95,8 @@ def describe_ultralytics_onnx(path: str | Path, name: str | None = None) -> Dete
 
     The head (``output_format``: yolov8, end2end or rtdetr) comes from the metadata and the output shape of
     one run on zeros (:func:`detector_head`); RT-DETR gets the squash resize Ultralytics predicts it with.
+    ``dynamic_hw`` says whether the graph's input height and width are both dynamic (a rect letterbox fits),
+    ``stride`` is the metadata's (32 when absent).
     """
     path = Path(path).resolve()
     session = _open(path)
@@ -110,6 +112,11 @@ def describe_ultralytics_onnx(path: str | Path, name: str | None = None) -> Dete
     except (ValueError, SyntaxError, KeyError) as exc:
         raise ModelError(f"{path}: cannot read class names from the ONNX metadata: {exc}") from exc
     input_name, size_hw, batch = _input_spec(path, session)
+    dynamic_hw = not any(isinstance(v, int) for v in size_hw)  # any height and width: a rect letterbox fits
+    try:
+        stride = int(meta.get("stride", 32))
+    except ValueError as exc:
+        raise ModelError(f"{path}: the ONNX metadata's stride {meta.get('stride')!r} is not an integer") from exc
     if not all(isinstance(v, int) for v in size_hw):
         try:
             imgsz = ast.literal_eval(meta.get("imgsz", "[640, 640]"))
@@ -136,6 +143,8 @@ def describe_ultralytics_onnx(path: str | Path, name: str | None = None) -> Dete
         output_name=outputs[0].name,
         output_format=output_format,
         resize="squash" if output_format == "rtdetr" else "letterbox",
+        dynamic_hw=dynamic_hw,
+        stride=stride,
         class_names=class_names,
         source=WeightsSource(weights=meta.get("description"), framework=f"ultralytics {meta.get('version', '?')}"),
         exporter={"ultralytics": meta.get("version", "?"), "described_by": "frametok", "onnxruntime": onnx_version()},

@@ -16,13 +16,14 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from ..errors import ModelError
 from ..packet import Detections
 from .manifest import DetectorManifest
 from .session import SessionRunner, session_precision
 
 _Found: TypeAlias = "tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int64]] | None"
 
-__all__ = ["Detector", "LetterboxInfo", "letterbox_into", "squash_into"]
+__all__ = ["Detector", "LetterboxInfo", "letterbox_into", "rect_input_hw", "squash_into"]
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,16 @@ class LetterboxInfo:
     """How a source frame was placed into the model input: ``input = source * gain + pad``.
 
     ``gain_y``: the vertical gain when it differs from ``gain`` (a squash resize); None for a letterbox.
+    ``input_hw``: the (height, width) of the model input the frame was placed into: the manifest's
+    ``input_size_hw``, or smaller for a rect letterbox (e.g. 480x640 for a 768x576 frame); None when not
+    recorded (an info made by hand).
     """
 
     gain: float
     pad_xy: tuple[float, float]
     size_wh: tuple[int, int]
     gain_y: float | None = None
+    input_hw: tuple[int, int] | None = None
 
     def to_source(self, xyxy: NDArray[np.float32]) -> NDArray[np.float32]:
         """``xyxy`` boxes in input pixels mapped (in place) into the source frame, clipped to it."""
@@ -49,22 +54,50 @@ class LetterboxInfo:
         return xyxy
 
 
-def letterbox_into(
-    frame: NDArray[np.uint8], out_hw: tuple[int, int], pad_value: int = 114, center: bool = True
-) -> tuple[NDArray[np.uint8], LetterboxInfo]:
-    """Resize ``frame`` (H, W, 3) keeping its aspect and pad it to ``out_hw``, as Ultralytics does."""
-    h, w = frame.shape[:2]
+def _rect_placement(size_hw: tuple[int, int], out_hw: tuple[int, int], stride: int | None
+                    ) -> tuple[float, tuple[int, int], tuple[int, int]]:
+    """Gain, resized (height, width) and input (height, width) of a frame of ``size_hw`` letterboxed into
+    ``out_hw``: the whole of ``out_hw``, or with ``stride`` the smallest input that holds the resized frame
+    and is padded by a multiple of ``stride`` on each axis (Ultralytics' ``LetterBox(auto=True)``)."""
+    h, w = size_hw
     out_h, out_w = out_hw
+    if h <= 0 or w <= 0:
+        raise ValueError(f"frame: expected a positive (height, width), got {size_hw}")
     gain = min(out_h / h, out_w / w)
-    new_w, new_h = round(w * gain), round(h * gain)
-    dw, dh = (out_w - new_w) / 2, (out_h - new_h) / 2
+    new_h, new_w = max(round(h * gain), 1), max(round(w * gain), 1)
+    if stride is None:
+        return gain, (new_h, new_w), (out_h, out_w)
+    return gain, (new_h, new_w), (new_h + (out_h - new_h) % stride, new_w + (out_w - new_w) % stride)
+
+
+def rect_input_hw(size_hw: tuple[int, int], out_hw: tuple[int, int], stride: int = 32) -> tuple[int, int]:
+    """The (height, width) of the rect letterbox input of a frame of ``size_hw`` (height, width): the frame
+    scaled to fit ``out_hw`` and padded up to a multiple of ``stride``, as Ultralytics' default predict does
+    (768x576 into 640x640: 480x640; 1280x720: 384x640)."""
+    if stride < 1:
+        raise ValueError(f"stride: expected >= 1, got {stride}")
+    return _rect_placement(size_hw, out_hw, stride)[2]
+
+
+def letterbox_into(
+    frame: NDArray[np.uint8], out_hw: tuple[int, int], pad_value: int = 114, center: bool = True,
+    stride: int | None = None,
+) -> tuple[NDArray[np.uint8], LetterboxInfo]:
+    """Resize ``frame`` (H, W, 3) keeping its aspect and pad it to ``out_hw``, as Ultralytics does.
+
+    ``stride``: a rect letterbox (Ultralytics' ``rect=True`` predict, ``LetterBox(auto=True)``): the gain is
+    the same, the padding only what makes each side a multiple of ``stride`` (:func:`rect_input_hw`); the
+    image returned is then that size, at most ``out_hw``."""
+    h, w = frame.shape[:2]
+    gain, (new_h, new_w), (in_h, in_w) = _rect_placement((h, w), out_hw, stride)
+    dw, dh = (in_w - new_w) / 2, (in_h - new_h) / 2
     if not center:
         dw, dh = 0.0, 0.0
     top, left = round(dh - 0.1), round(dw - 0.1)
-    canvas = np.full((out_h, out_w, 3), pad_value, dtype=np.uint8)
+    canvas = np.full((in_h, in_w, 3), pad_value, dtype=np.uint8)
     resized = frame if (new_w, new_h) == (w, h) else cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     canvas[top : top + new_h, left : left + new_w] = resized
-    return canvas, LetterboxInfo(gain, (float(left), float(top)), (w, h))
+    return canvas, LetterboxInfo(gain, (float(left), float(top)), (w, h), input_hw=(in_h, in_w))
 
 
 def squash_into(frame: NDArray[np.uint8], out_hw: tuple[int, int]) -> tuple[NDArray[np.uint8], LetterboxInfo]:
@@ -72,11 +105,18 @@ def squash_into(frame: NDArray[np.uint8], out_hw: tuple[int, int]) -> tuple[NDAr
     h, w = frame.shape[:2]
     out_h, out_w = out_hw
     resized = frame if (out_w, out_h) == (w, h) else cv2.resize(frame, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
-    return np.asarray(resized, np.uint8), LetterboxInfo(out_w / w, (0.0, 0.0), (w, h), gain_y=out_h / h)
+    return np.asarray(resized, np.uint8), LetterboxInfo(out_w / w, (0.0, 0.0), (w, h), gain_y=out_h / h,
+                                                        input_hw=(out_h, out_w))
 
 
 class Detector:
-    """Hard tokens from frames: class id, score and ``xyxy`` box in source-frame pixels."""
+    """Hard tokens from frames: class id, score and ``xyxy`` box in source-frame pixels.
+
+    ``rect``: letterbox each frame into the smallest input of its aspect (:func:`rect_input_hw`, as Ultralytics'
+    default predict does: a 768x576 frame runs at 480x640) rather than the whole square ``input_size_hw``; only a
+    graph of dynamic height and width takes it (manifest ``dynamic_hw``), and only with the letterbox resize.
+    The input shape then depends on the frame's size (:meth:`input_hw_for`): a batch holds frames of one shape.
+    """
 
     def __init__(
         self,
@@ -85,7 +125,14 @@ class Detector:
         conf_threshold: float = 0.25,
         iou_threshold: float = 0.7,
         max_det: int = 300,
+        rect: bool = False,
     ) -> None:
+        if rect and (not manifest.dynamic_hw or manifest.resize != "letterbox"):
+            why = (f"its resize is {manifest.resize}" if manifest.resize != "letterbox" else
+                   f"its graph has a fixed {manifest.input_size_hw[0]}x{manifest.input_size_hw[1]} input "
+                   "(manifest dynamic_hw false; export it with `frametok export yolo WEIGHTS.pt` for dynamic axes)")
+            raise ModelError(f"detector {manifest.name}: rect letterbox asked for, but {why}")
+        self.rect = rect
         self.manifest = manifest
         self.session = session
         self.runner = SessionRunner(session, manifest.input_name, manifest.output_name)
@@ -101,15 +148,28 @@ class Detector:
 
     @property
     def input_hw(self) -> tuple[int, int]:
+        """The manifest's input (height, width): every frame's input, or with ``rect`` the largest one."""
         return self.manifest.input_size_hw
 
+    def input_hw_for(self, size_hw: tuple[int, int]) -> tuple[int, int]:
+        """The input (height, width) a frame of ``size_hw`` (height, width) is pre-processed into."""
+        if not self.rect:
+            return self.manifest.input_size_hw
+        return rect_input_hw(size_hw, self.manifest.input_size_hw, self.manifest.stride)
+
     def preprocess(self, frame_rgb: NDArray[np.uint8], out: NDArray[np.float32]) -> LetterboxInfo:
-        """Letterbox (or squash: ``resize``) ``frame_rgb`` into ``out`` (3, H, W) float32, scaled as said."""
+        """Letterbox (or squash: ``resize``) ``frame_rgb`` into ``out`` (3, H, W) float32, scaled as said;
+        ``out`` is ``(3, *input_hw_for(frame's height and width))``."""
         man = self.manifest
         if man.resize == "squash":
             img, info = squash_into(frame_rgb, man.input_size_hw)
         else:
-            img, info = letterbox_into(frame_rgb, man.input_size_hw, man.letterbox.pad_value, man.letterbox.center)
+            img, info = letterbox_into(frame_rgb, man.input_size_hw, man.letterbox.pad_value, man.letterbox.center,
+                                       man.stride if self.rect else None)
+        if out.shape != (3, *img.shape[:2]):
+            h, w = frame_rgb.shape[:2]
+            raise ValueError(f"out: a {w}x{h} frame goes into a (3, {img.shape[0]}, {img.shape[1]}) input "
+                             f"(input_hw_for, rect {self.rect}), got {out.shape}")
         if man.colour == "BGR":
             img = img[..., ::-1]
         chw = img.transpose(2, 0, 1)
@@ -202,9 +262,15 @@ class Detector:
         return self._top(xyxy.astype(np.float32), score, class_id)
 
     def __call__(self, frames_rgb: Sequence[NDArray[np.uint8]]) -> list[Detections]:
-        """Detect objects in each frame (a convenience for whole frames; the worker batches itself)."""
-        h, w = self.input_hw
-        batch = np.empty((len(frames_rgb), 3, h, w), np.float32)
-        infos = [self.preprocess(frame, batch[i]) for i, frame in enumerate(frames_rgb)]
-        raw = self.infer(batch)
-        return [self.postprocess(raw[i], info) for i, info in enumerate(infos)]
+        """Detect objects in each frame (a convenience for whole frames; the worker batches itself): one batch
+        per input shape (with ``rect``, frames of another aspect run apart)."""
+        shapes = [self.input_hw_for((int(f.shape[0]), int(f.shape[1]))) for f in frames_rgb]
+        out: list[Detections] = [Detections.empty()] * len(frames_rgb)
+        for shape in dict.fromkeys(shapes):
+            rows = [i for i, s in enumerate(shapes) if s == shape]
+            batch = np.empty((len(rows), 3, *shape), np.float32)
+            infos = [self.preprocess(frames_rgb[i], batch[k]) for k, i in enumerate(rows)]
+            raw = self.infer(batch)
+            for k, i in enumerate(rows):
+                out[i] = self.postprocess(raw[k], infos[k])
+        return out

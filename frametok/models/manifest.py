@@ -159,11 +159,17 @@ class DetectorManifest(_ManifestBase):
 
     ``resize``: ``letterbox`` (aspect kept, padded, as YOLO trains) or ``squash`` (stretched to the
     input size, as Ultralytics' RT-DETR trains and predicts).
+
+    ``dynamic_hw``: the graph takes any input height and width (an Ultralytics ``dynamic=True`` export), so a
+    frame may run at the rect letterbox of its own aspect (``input_size_hw`` then being the largest input),
+    padded to a multiple of ``stride``; False for a fixed input (and in manifests written before it existed).
     """
 
     kind: Literal["detector"] = "detector"
     letterbox: Letterbox = Letterbox()
     resize: Literal["letterbox", "squash"] = "letterbox"
+    dynamic_hw: bool = False
+    stride: int = Field(32, ge=1, le=1024, description="the model's largest stride: rect inputs are multiples of it")
     output_format: DetectorHead = "yolov8"
     class_names: list[str] = Field(min_length=1)
 

@@ -199,6 +199,9 @@ def _check_graph(files: ModelFiles, session: Any) -> None:
     for axis, dim, want in (("height", height, man.input_size_hw[0]), ("width", width, man.input_size_hw[1])):
         if isinstance(dim, int) and dim != want:
             raise ModelError(f"{where}: graph input {axis} is {dim}, manifest input_size_hw says {want}")
+    if isinstance(man, DetectorManifest) and man.dynamic_hw and (isinstance(height, int) or isinstance(width, int)):
+        raise ModelError(f"{where}: manifest says dynamic_hw (any input height and width), the graph input is "
+                         f"fixed at {height}x{width}")
     if man.batch == "dynamic" and isinstance(batch, int):
         raise ModelError(f"{where}: manifest says dynamic batch, graph has a fixed batch of {batch}")
     if isinstance(man.batch, int) and isinstance(batch, int) and batch != man.batch:
