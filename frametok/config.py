@@ -179,6 +179,11 @@ class DetectorConfig(_Frozen):
     conf_threshold: float = Field(0.25, gt=0.0, lt=1.0)
     iou_threshold: float = Field(0.7, gt=0.0, le=1.0)
     max_det: int = Field(300, ge=1, le=10000)
+    rect: bool | None = Field(
+        None, description="rect letterbox: each frame runs at the smallest input of its aspect, padded to a multiple "
+        "of the stride (768x576 at 640x480), as Ultralytics' default predict; needs a graph of dynamic height and "
+        "width (`frametok export yolo`). null: on when the graph has them; false: the square input_size_hw",
+    )
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import SourceError
 from ..grid import GridDecompressor
+from ..models.shape_groups import ShapeGroups, ShapeTensors, infer_groups
 from ..packet import StreamInfo, Timestamps, TokenPacket
 from ..streamer.source.decode import DecodedFrame, decode_frames
 from ..streamer.worker.models import LoadedModels, Models, load_models
@@ -122,7 +123,8 @@ class FrameEngine:
         self.loaded: LoadedModels = load_models(config, models)
         det, enc = self.loaded.detector, self.loaded.encoder
         self.max_batch = int(config.worker.max_batch)
-        self._det_t = np.empty((self.max_batch, 3, *det.input_hw), np.float32) if det is not None else None
+        self._det_t = (ShapeTensors(self.max_batch, () if det.rect else (det.input_hw,))
+                       if det is not None else None)  # rect: a tensor per input shape, as the worker's
         self._enc_t = np.empty((self.max_batch, 3, *enc.input_hw), np.float32) if enc is not None else None
         self.info = StreamInfo("video", "file", self.loaded.infos)  # type: ignore[arg-type]
 
@@ -182,19 +184,21 @@ class FrameEngine:
         if not frames:
             return []
         det, enc = self.loaded.detector, self.loaded.encoder
-        n = len(frames)
         letterboxes = []
         enc_rows: list[int] = []
         m = 0
-        for i, frame in enumerate(frames):
+        groups = ShapeGroups()  # frame i is detector row i
+        for frame in frames:
             if det is not None and self._det_t is not None:
-                letterboxes.append(det.preprocess(frame.frame_rgb, self._det_t[i]))
+                shape = det.input_hw_for((frame.frame_rgb.shape[0], frame.frame_rgb.shape[1]))
+                letterboxes.append(det.preprocess(frame.frame_rgb, self._det_t.slot(shape, groups.next_row(shape))))
+                groups.add(shape)
             row = -1
             if enc is not None and self._enc_t is not None and soft is not None and soft.wants_encoder(frame.frame_rgb):
                 enc.preprocess(frame.frame_rgb, self._enc_t[m])
                 row, m = m, m + 1
             enc_rows.append(row)
-        raw = det.infer(self._det_t[:n]) if det is not None and self._det_t is not None else None
+        raw = infer_groups(det.infer, self._det_t, groups) if det is not None and self._det_t is not None else None
         encoded = enc.split(enc.infer(self._enc_t[:m])) if m and enc is not None and self._enc_t is not None else None
         t_infer = time.time_ns()
         out: list[TokenPacket] = []

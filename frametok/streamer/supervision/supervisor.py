@@ -57,6 +57,8 @@ class RunSummary:
     batches: int = 0
     workers: int = 0  # worker processes that reported their work (their model time is summed)
     worker_frames: dict[str, int] = field(default_factory=dict)  # worker -> frames it ran through the models
+    detector_inputs: dict[str, int] = field(default_factory=dict)  # "WxH" of the detector's input -> frames
+    mixed_shape_batches: int = 0  # batches that ran the detector at more than one input shape (rect)
 
     @property
     def model_busy(self) -> float:
@@ -79,6 +81,10 @@ class RunSummary:
         )
         if self.batches:
             text += f"; models busy {100 * self.model_busy:.0f}% (mean batch {self.total_packets / self.batches:.1f})"
+        if self.detector_inputs:
+            text += "; detector input " + ", ".join(f"{wh} x{n}" for wh, n in sorted(self.detector_inputs.items()))
+            if self.mixed_shape_batches:
+                text += f" ({self.mixed_shape_batches} mixed batches)"
         if len(self.worker_frames) > 1:
             text += "; workers: " + ", ".join(f"{w} {n}" for w, n in sorted(self.worker_frames.items()))
         if self.stopped:
@@ -302,6 +308,9 @@ def _apply(ev: EventNotice, summary: RunSummary) -> None:
         summary.batches += int(data.get("batches", 0))
         summary.workers += 1
         summary.worker_frames[ev.source] = summary.worker_frames.get(ev.source, 0) + int(data.get("frames", 0))
+        for wh, n in data.get("detector_inputs", {}).items():
+            summary.detector_inputs[wh] = summary.detector_inputs.get(wh, 0) + int(n)
+        summary.mixed_shape_batches += int(data.get("mixed_shape_batches", 0))
     elif ev.event == "progress" and ev.source == "hub":
         summary.packets.update({k: int(v) for k, v in data.get("streams", {}).items()})
 

@@ -32,6 +32,8 @@ class Emitter:
         self.batches = 0
         self.frames_done = 0
         self.model_time_s = 0.0
+        self.detector_inputs: dict[str, int] = {}  # "WxH" of the detector's input -> frames run at it
+        self.mixed_batches = 0  # batches of more than one detector input shape (one detector call per shape)
         self.active_since: float | None = None  # monotonic: the first batch of frames began loading
         self.active_until = 0.0  # monotonic: the last batch of frames was published
         # image folders that are not a sequence: every image its own scene, so no track crosses images
@@ -140,7 +142,15 @@ class Emitter:
             self.batches += 1
             self.frames_done += n
             self.active_until = time.monotonic()
+            self._count_inputs(batch)
         self.end_streams(batch.ends)
+
+    def _count_inputs(self, batch: Batch) -> None:
+        groups = batch.detector_groups
+        for (h, w), rows in groups.rows.items():
+            key = f"{w}x{h}"
+            self.detector_inputs[key] = self.detector_inputs.get(key, 0) + len(rows)
+        self.mixed_batches += groups.mixed
 
     def end_streams(self, ends: list[EndNotice]) -> None:
         for end in ends:
@@ -167,4 +177,5 @@ class Emitter:
     def summary(self) -> dict[str, Any]:
         """The counters the worker's ``done`` event reports."""
         return {"frames": self.frames_done, "batches": self.batches, "model_time_s": self.model_time_s,
-                "active_s": self.active_s}
+                "active_s": self.active_s, "detector_inputs": dict(self.detector_inputs),
+                "mixed_shape_batches": self.mixed_batches}

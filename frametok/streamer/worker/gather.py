@@ -147,10 +147,12 @@ class Gatherer:
             gate.reset()
         still = gate is not None and gate.still(view)  # the models do not run: the last tokens again
         letterbox = None
-        det_row = row = -1
+        det_shape: tuple[int, int] | None = None
+        row = -1
         if not still and detector is not None and lane.det_tensors is not None:
-            letterbox = detector.preprocess(view, lane.det_tensors[batch.tensors][batch.detector_rows])
-            det_row = batch.detector_rows
+            det_shape = detector.input_hw_for((view.shape[0], view.shape[1]))  # rect: by the frame's aspect
+            slot = lane.det_tensors[batch.tensors].slot(det_shape, batch.detector_groups.next_row(det_shape))
+            letterbox = detector.preprocess(view, slot)
         if not still and encoder is not None and lane.enc_tensors is not None and st.soft is not None \
                 and st.soft.wants_encoder(view):
             encoder.preprocess(view, lane.enc_tensors[batch.tensors][batch.encoder_rows])
@@ -165,7 +167,7 @@ class Gatherer:
                 gate.discard(still)
             return
         batch.encoder_rows += row >= 0
-        batch.detector_rows += det_row >= 0
+        det_row = batch.detector_groups.add(det_shape) if det_shape is not None else -1
         batch.frames.append(Loaded(notice, ring, letterbox, row, preview, st.reset_tracker, det_row, still))
         st.reset_tracker = False
 

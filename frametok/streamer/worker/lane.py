@@ -1,6 +1,8 @@
 """The worker's batches, and the thread that runs the models on them.
 
-Frames are pre-processed straight into one of two sets of batch tensors. While :class:`ModelLane` runs
+Frames are pre-processed straight into one of two sets of batch tensors (the detector's: one tensor per
+input shape, :mod:`~frametok.models.shape_groups`: with the rect letterbox, streams of other aspects run in
+the same batch, one detector call per shape). While :class:`ModelLane` runs
 the models on one set in its own thread (onnxruntime releases the GIL), the worker's main thread gathers
 and pre-processes the next batch into the other set and post-processes and publishes the batch before:
 the models wait for nothing but frames. The lane says it is free through a pipe the worker's
@@ -15,12 +17,13 @@ import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from ...models.detector import Detector, LetterboxInfo
 from ...models.encoder import EncodedFrames, Encoder
+from ...models.shape_groups import ShapeGroups, ShapeTensors, infer_groups
 from ..ipc.notices import EndNotice, FrameNotice
 from ..ipc.ring import FrameRing
 
@@ -47,9 +50,10 @@ class Loaded:
 
 @dataclass(frozen=True)
 class Inference:
-    """What the models made of one batch, and the seconds each took."""
+    """What the models made of one batch, and the seconds each took; ``detections_raw``: the detector's raw
+    output of each frame through it, by its ``detector_row``."""
 
-    detections_raw: NDArray[np.float32] | None
+    detections_raw: list[Any] | None
     encoded: EncodedFrames | None
     detector_s: float
     encoder_s: float
@@ -84,8 +88,13 @@ class Batch:
     frames: list[Loaded] = field(default_factory=list)
     ends: list[EndNotice] = field(default_factory=list)
     encoder_rows: int = 0
-    detector_rows: int = 0
+    detector_groups: ShapeGroups = field(default_factory=ShapeGroups)  # frames through the detector, by input shape
     future: Future[Inference] | None = field(default=None, repr=False)
+
+    @property
+    def detector_rows(self) -> int:
+        """Frames through the detector."""
+        return self.detector_groups.count
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -98,7 +107,9 @@ class ModelLane:
 
     def __init__(self, detector: Detector | None, encoder: Encoder | None, max_batch: int) -> None:
         self.detector, self.encoder = detector, encoder
-        self.det_tensors = [np.empty((max_batch, 3, *detector.input_hw), np.float32)
+        # without rect every frame has the manifest's input shape: made at once; with it, as the shapes come
+        first = () if detector is None or detector.rect else (detector.input_hw,)
+        self.det_tensors = [ShapeTensors(max_batch, first)
                             for _ in range(_TENSOR_SETS)] if detector is not None else None
         self.enc_tensors = [np.empty((max_batch, 3, *encoder.input_hw), np.float32)
                             for _ in range(_TENSOR_SETS)] if encoder is not None else None
@@ -140,7 +151,7 @@ class ModelLane:
         expected = self.clock.estimate(batch.shape)
         self.cycle_ns = 0 if expected is None else int(expected * 1e9)
         self.due_ns = self.submitted_ns + self.cycle_ns
-        batch.future = self._pool.submit(self._run, batch.tensors, batch.detector_rows, batch.encoder_rows)
+        batch.future = self._pool.submit(self._run, batch.tensors, batch.detector_groups, batch.encoder_rows)
         batch.future.add_done_callback(self._wake)
         self._running = batch
 
@@ -163,11 +174,11 @@ class ModelLane:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"\x01")
 
-    def _run(self, tensors: int, n: int, m: int) -> Inference:
+    def _run(self, tensors: int, groups: ShapeGroups, m: int) -> Inference:
         t0 = time.perf_counter()
         raw = None
-        if n and self.detector is not None and self.det_tensors is not None:
-            raw = self.detector.infer(self.det_tensors[tensors][:n])
+        if groups.count and self.detector is not None and self.det_tensors is not None:
+            raw = infer_groups(self.detector.infer, self.det_tensors[tensors], groups)
         t1 = time.perf_counter()
         enc = None
         if m and self.encoder is not None and self.enc_tensors is not None:

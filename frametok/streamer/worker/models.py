@@ -9,13 +9,14 @@ from ...config import Config
 from ...errors import ConfigError
 from ...models.detector import Detector
 from ...models.encoder import Encoder
+from ...models.manifest import DetectorManifest
 from ...models.session import ModelFiles, check_precision, create_session
 from ...models.soft_tokens import QueryBank
 from ...models.tracking import Tracker
 from ...registry import resolve_model
 from .queries import build_query_bank
 
-__all__ = ["LoadedModels", "Models", "load_models", "prepare_models"]
+__all__ = ["LoadedModels", "Models", "detector_rect", "load_models", "prepare_models"]
 
 _DEFAULT_TRACK_FPS = 30.0  # the tracker's frame rate when the source gives none
 
@@ -65,7 +66,28 @@ def prepare_models(config: Config, models_dirs: tuple[str, ...] = ()) -> Models:
     for files in (det, enc):
         if files is not None:
             check_precision(files, config.worker.precision)
+    if det is not None and config.detector is not None:
+        detector_rect(config.detector.rect, det)
     return Models(det, enc)
+
+
+def detector_rect(rect: bool | None, files: ModelFiles) -> bool:
+    """Whether the detector of ``files`` runs at the rect letterbox (``detector.rect``; None: when its graph takes
+    any height and width and it letterboxes, as Ultralytics' predict does); ``rect: true`` for a graph of fixed
+    input size (or a squash resize) is a ConfigError naming the model."""
+    man = files.manifest
+    if not isinstance(man, DetectorManifest):
+        return False
+    fits = man.dynamic_hw and man.resize == "letterbox"
+    if rect is None:
+        return fits
+    if rect and not fits:
+        why = (f"it squashes frames (resize {man.resize})" if man.resize != "letterbox" else
+               f"its graph {files.onnx_path} has a fixed {man.input_size_hw[0]}x{man.input_size_hw[1]} input "
+               "(manifest dynamic_hw false): export it with `frametok export yolo WEIGHTS.pt` (dynamic axes), or "
+               "set rect: false")
+        raise ConfigError(f"detector.rect: true, but detector {man.name} cannot run at a rect input: {why}")
+    return rect
 
 
 def load_models(config: Config, models: Models, device: int | None = None) -> LoadedModels:
@@ -78,7 +100,8 @@ def load_models(config: Config, models: Models, device: int | None = None) -> Lo
         session = create_session(models.detector, wc.providers, wc.threads, precision=wc.precision,
                                  spin_wait=wc.spin_wait, device_id=device)
         loaded.detector = Detector(models.detector.manifest, session,  # type: ignore[arg-type]
-                                   dc.conf_threshold, dc.iou_threshold, dc.max_det)
+                                   dc.conf_threshold, dc.iou_threshold, dc.max_det,
+                                   rect=detector_rect(dc.rect, models.detector))
     if models.encoder is not None and config.encoder is not None:
         session = create_session(models.encoder, wc.providers, wc.threads, precision=wc.precision,
                                  spin_wait=wc.spin_wait, device_id=device)
