@@ -188,19 +188,20 @@ def _export_onnx(
 
 
 def _predict_ultralytics(
-    model: Any, image_bgr: NDArray[np.uint8], imgsz: int, head: DetectorHead, conf: float
+    model: Any, image_bgr: NDArray[np.uint8], imgsz: int, head: DetectorHead, conf: float, rect: bool = False
 ) -> _Boxes:
     """Ultralytics' own detections (its exporter works on a deep copy, so ``model`` is as loaded).
 
-    ``rect=False``: Ultralytics letterboxes into the full square input as frametok does; its default
-    (minimal padding, 640x480 for a portrait photo) changes the model's input and moves boxes by a few
-    percent, which would hide real export differences behind input ones. ``nms=False`` for an end2end
+    ``rect=False``: Ultralytics letterboxes into the full square input as frametok's square letterbox does;
+    ``rect=True`` (its default: minimal padding, 480x640 for a portrait photo) is compared with frametok's rect
+    letterbox (a graph of dynamic height and width); each side's input must be the other's, or input
+    differences (boxes move by a few percent) would hide real export differences. ``nms=False`` for an end2end
     export (Ultralytics' predict then runs the one-to-one head, else the one-to-many one with NMS); RT-DETR's
     predictor squashes the image (``scale_fill``) and reads its queries without NMS, leaving boxes that cross
     the image's edges unclipped: they are clipped here, as frametok's (and Ultralytics' YOLO) boxes are.
     """
     extra: dict[str, Any] = {"nms": False} if head == "end2end" else {}
-    result = model.predict(image_bgr, **_ULTRALYTICS_PREDICT, conf=conf, imgsz=imgsz, **extra)[0]
+    result = model.predict(image_bgr, **{**_ULTRALYTICS_PREDICT, "rect": rect}, conf=conf, imgsz=imgsz, **extra)[0]
     boxes = result.boxes
     xyxy = boxes.xyxy.cpu().numpy().astype(np.float32)
     h, w = image_bgr.shape[:2]
@@ -213,13 +214,13 @@ def _predict_ultralytics(
     )
 
 
-def _predict_frametok(manifest_path: Path, image_bgr: NDArray[np.uint8], conf: float) -> _Boxes:
+def _predict_frametok(manifest_path: Path, image_bgr: NDArray[np.uint8], conf: float, rect: bool = False) -> _Boxes:
     files = locate_model(manifest_path)
     if not isinstance(files.manifest, DetectorManifest):
         raise ExportError(f"{manifest_path}: expected a detector manifest, got {files.manifest.kind!r}")
     session = create_session(files, providers=("cpu",), threads=2)
     frame_rgb = np.asarray(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB), np.uint8)
-    dets = Detector(files.manifest, session, conf_threshold=conf)([frame_rgb])[0]
+    dets = Detector(files.manifest, session, conf_threshold=conf, rect=rect)([frame_rgb])[0]
     return _Boxes(
         xyxy=np.asarray(dets.xyxy, np.float32),
         score=np.asarray(dets.score, np.float32),
@@ -336,7 +337,7 @@ def _twins(a: _Boxes, b: _Boxes, floor: float) -> tuple[list[BoxMatch], list[str
     return good, problems, len(skipped)
 
 
-def _low_parity(sample: Path, ref_all: _Boxes, manifest_path: Path, image: NDArray[np.uint8],
+def _low_parity(sample: Path, ref_all: _Boxes, manifest_path: Path, image: NDArray[np.uint8], rect: bool = False,
                 ) -> tuple[dict[str, Any], list[str]]:
     """At a lowered threshold ``t`` (:func:`_low_threshold`): every reference box scoring >= t needs a frametok
     twin, and every frametok box scoring >= t (1 + rtol) a reference one (IoU >= STRONG_IOU, score within
@@ -344,7 +345,7 @@ def _low_parity(sample: Path, ref_all: _Boxes, manifest_path: Path, image: NDArr
     conf, rule = _low_threshold(ref_all)
     below = conf * (1 - 2 * LOW_SCORE_RTOL)
     ref = _select(ref_all, ref_all.score > below)
-    got = _predict_frametok(manifest_path, image, below)
+    got = _predict_frametok(manifest_path, image, below, rect)
     matches, problems, skipped = _twins(ref, got, conf)
     back, problems_back, skipped_back = _twins(got, ref, conf * (1 + LOW_SCORE_RTOL))
     record: dict[str, Any] = {
@@ -375,29 +376,31 @@ def _read_image(path: Path) -> NDArray[np.uint8]:
 
 
 def _check_parity(weights: Path, manifest_path: Path, model: Any, imgsz: int, sample: Path,
-                  head: DetectorHead) -> dict[str, Any]:
+                  head: DetectorHead, rect: bool = False) -> dict[str, Any]:
     """Compare Ultralytics' prediction with frametok's on ``sample``; raise ExportError when they differ.
+    ``rect``: both at the rect letterbox (Ultralytics' default predict), else both at the square one.
 
     Never vacuous: at the default threshold (0.25) when Ultralytics finds a box scoring >= STRONG_SCORE there
     (real weights), else at a threshold lowered until it finds boxes (:func:`_low_parity`; random-init weights
     score ~1e-5); the record says which threshold, and an ExportError is raised when no box was compared.
     """
     image = _read_image(sample)
-    ref = _predict_ultralytics(model, image, imgsz, head, DEFAULT_CONF)
+    ref = _predict_ultralytics(model, image, imgsz, head, DEFAULT_CONF, rect)
     if (ref.score >= STRONG_SCORE).any():
-        got = _predict_frametok(manifest_path, image, DEFAULT_CONF)
+        got = _predict_frametok(manifest_path, image, DEFAULT_CONF, rect)
         record, problems = _parity(sample, ref, got)
     else:
-        ref_all = _predict_ultralytics(model, image, imgsz, head, 0.0)
-        record, problems = _low_parity(sample, ref_all, manifest_path, image)
-    predict = f"iou=0.7 rect=False max_det=300{' nms=False' if head == 'end2end' else ''}"
+        ref_all = _predict_ultralytics(model, image, imgsz, head, 0.0, rect)
+        record, problems = _low_parity(sample, ref_all, manifest_path, image, rect)
+    predict = f"iou=0.7 rect={rect} max_det=300{' nms=False' if head == 'end2end' else ''}"
     record = {"head": head, "ultralytics_predict": predict, **record}
     if not record["compared"]:
         raise ExportError(f"{weights}: the parity check on {sample.name} compared no boxes (Ultralytics finds "
                           f"none, even at the lowest threshold): no check at all; parity {record}")
     if problems:
         raise ExportError(
-            f"{weights}: the ONNX export does not reproduce Ultralytics on {sample.name} at threshold "
+            f"{weights}: the ONNX export does not reproduce Ultralytics on {sample.name}"
+            f"{' (rect letterbox)' if rect else ''} at threshold "
             f"{record['threshold']:g}: {'; '.join(problems[:10])}"
             f"{f' (and {len(problems) - 10} more)' if len(problems) > 10 else ''}; parity {record}"
         )
@@ -486,6 +489,9 @@ def export_yolo(
             if check:
                 write_manifest(manifest, work / f"{name}.json")
                 parity = _check_parity(weights, work / f"{name}.json", model, imgsz, sample, manifest.output_format)
+                if manifest.dynamic_hw and manifest.resize == "letterbox":  # Ultralytics' default predict too
+                    parity["rect"] = _check_parity(weights, work / f"{name}.json", model, imgsz, sample,
+                                                   manifest.output_format, rect=True)
                 manifest = manifest.model_copy(update={"parity": parity})
         except FrametokError:
             raise
