@@ -17,7 +17,7 @@ from ..conftest import start_cli
 
 
 def run_and_collect(
-    args: list[str], endpoint: str, timeout_s: float = 900, wait_subscribers: int = 1
+    args: list[str], endpoint: str, timeout_s: float = 180, wait_subscribers: int = 1
 ) -> tuple[list[Message], str, int]:
     """Subscribe first, start `frametok run` (which waits for the subscription), collect until EOS."""
     with Subscriber(endpoint, timeout_s=timeout_s) as sub:

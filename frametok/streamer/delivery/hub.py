@@ -221,17 +221,38 @@ class Hub:
         while not self._done():
             ready = dict(self.poller.poll(100))
             if self.workers_in in ready:
-                for _ in range(256):  # what is waiting, then a look at the subscribers
-                    try:
-                        parts = self.workers_in.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._take(parts)
+                self._take_waiting(256)  # what is waiting, then a look at the subscribers
             self.publisher.poll_subscriptions()
             self._release_held()
             self._flush_acks()
             self._progress()
+        # every worker has exited: what they sent last (their end-of-stream) may still wait unread
+        self._take_waiting(None)
+        self._release_held()
+        self._flush_acks()
+        self._end_the_rest()
         self._progress(force=True)
+
+    def _end_the_rest(self) -> None:
+        """The run ends (stopped, or its workers gone) before some streams did: their subscribers still get
+        an end-of-stream (spec §3.5), rather than waiting for one until their own timeout."""
+        if self.holding:
+            return  # nobody to tell: the subscribers awaited never came
+        for sid in self.streams.ids:
+            if sid not in self.streams.ended:
+                out = self.streams.admit(EndOfStream(sid, 0, "stopped", "the run ended before this stream did"))
+                if out is not None:
+                    self.publisher.publish(out)
+
+    def _take_waiting(self, limit: int | None) -> None:
+        taken = 0
+        while limit is None or taken < limit:
+            try:
+                parts = self.workers_in.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._take(parts)
+            taken += 1
 
     def close(self) -> None:
         stopped = self.stop.is_set()

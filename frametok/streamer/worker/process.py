@@ -32,6 +32,7 @@ __all__ = ["worker_main"]
 log = logging.getLogger(__name__)
 
 _PROGRESS_EVERY_S = 0.5
+_STOPPED_FLUSH_S = 1.0  # stopped: the hub's last chance to take our end-of-stream messages
 
 
 class _Worker:
@@ -135,6 +136,7 @@ class _Worker:
             self._progress()
         if self.lane.running is not None:  # stopped: what the models are running still goes out
             self.emitter.publish(*self.lane.result())
+        self.publisher.flush()  # the hub holds everything (the end-of-stream too) before this worker exits
         self._progress(force=True)
 
     def close(self) -> None:
@@ -143,6 +145,7 @@ class _Worker:
             for st in self.streams.values():
                 if not st.ended:
                     self.publisher.publish(EndOfStream(st.stream_id, st.published, "stopped", "run stopped"))
+            self.publisher.flush(_STOPPED_FLUSH_S)
         self.event("done", **self.emitter.summary(),
                    packets={sid: st.published for sid, st in self.streams.items()},
                    discarded={sid: st.discarded for sid, st in self.streams.items()},
