@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from frametok.models.session import ModelFiles
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FRAMETOK_SHARED", ROOT.parent / "shared"))
 SHARED_REASON = (
@@ -105,3 +107,14 @@ def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None)
 def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(frametok_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+@pytest.fixture(scope="session")
+def dynamic_yolo(shared_models: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
+    """The real YOLOv8n weights (``yolov8n_coco.pt``) exported by ``export_yolo`` once per test session: dynamic
+    batch, height and width (the shared ``yolov8n_coco.onnx`` has a fixed 1x3x640x640 input); its ModelFiles."""
+    pytest.importorskip("torch", reason="needs torch (pip install 'frametok[export]')")
+    pytest.importorskip("ultralytics", reason="needs ultralytics (pip install 'frametok[export]')")
+    from frametok.exporters.yolo import export_yolo
+
+    return export_yolo(shared_models / "yolov8n_coco.pt", tmp_path_factory.mktemp("yolo-dynamic"))

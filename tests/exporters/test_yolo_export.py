@@ -47,9 +47,8 @@ def coco_pt() -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(coco_pt: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
-    need_ultralytics()
-    return export_yolo(coco_pt, tmp_path_factory.mktemp("yolo"))
+def exported(coco_pt: Path, dynamic_yolo: ModelFiles) -> ModelFiles:
+    return dynamic_yolo  # export_yolo(coco_pt, a temporary folder), once per test session (conftest)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +146,72 @@ def test_bus_matches_ultralytics(
     for i in strong:
         assert i in matches, f"ultralytics box {ref_class[i]} {ref_xyxy[i]} has no frametok match"
         assert matches[i].iou >= min_iou, f"ultralytics box {ref_class[i]} {ref_xyxy[i]}: IoU {matches[i].iou:.3f}"
+
+
+# --------------------------------------------------------------------------- rect letterbox (predict's default)
+
+VTEST_FRAMES = (0, 150, 300, 450, 600, 750)  # frames of vtest.avi (768x576) with people and cars
+
+
+def _video_frames(path: Path, indices: tuple[int, ...]) -> list[np.ndarray[Any, np.dtype[np.uint8]]]:
+    """Frames ``indices`` of ``path``, BGR as OpenCV decodes them (read in order, no seeking)."""
+    cap = cv2.VideoCapture(str(path))
+    frames, i = [], 0
+    try:
+        while len(frames) < len(indices):
+            ok, frame = cap.read()
+            assert ok, f"{path} ended at frame {i}, before {indices}"
+            if i in indices:
+                frames.append(np.asarray(frame, np.uint8))
+            i += 1
+    finally:
+        cap.release()
+    return frames
+
+
+def test_export_records_dynamic_hw_and_rect_parity(exported: ModelFiles) -> None:
+    man = exported.manifest
+    assert isinstance(man, DetectorManifest)
+    assert man.dynamic_hw is True and man.stride == 32 and man.input_size_hw == (640, 640)
+    assert man.parity is not None and "rect=False" in man.parity["ultralytics_predict"]
+    rect = man.parity["rect"]  # bus.jpg (810x1080) at 640x480, against Ultralytics' default predict
+    assert "rect=True" in rect["ultralytics_predict"] and rect["threshold"] == 0.25
+    assert rect["compared"] >= 4 and rect["matched"] >= 4 and rect["min_iou"] >= 0.9
+
+
+def test_vtest_at_640x480_matches_ultralytics_default_predict(exported: ModelFiles, coco_pt: Path) -> None:
+    """A 768x576 frame runs at a 480x640 input (4:3, padded to a multiple of 32: nothing to pad), and its
+    detections are Ultralytics' own at ``predict()``'s defaults (imgsz 640, rect, conf 0.25, iou 0.7), from
+    the same real weights: the same number of boxes, each matched at IoU >= 0.9 with a score within 0.05."""
+    from ultralytics import YOLO
+
+    assert isinstance(exported.manifest, DetectorManifest)
+    rect = Detector(exported.manifest, create_session(exported, providers=("cpu",), threads=2), rect=True)
+    model = YOLO(str(coco_pt))
+    seen: list[tuple[int, ...]] = []  # the input shapes Ultralytics' model ran at
+    model.model.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
+    compared = 0
+    for bgr in _video_frames(shared_file("media/vtest.avi"), VTEST_FRAMES):
+        assert bgr.shape == (576, 768, 3)
+        assert rect.input_hw_for((576, 768)) == (480, 640)
+        batch = np.empty((1, 3, 480, 640), np.float32)
+        info = rect.preprocess(np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), np.uint8), batch[0])
+        assert info.input_hw == (480, 640) and info.pad_xy == (0.0, 0.0)
+        raw = np.asarray(rect.infer(batch))
+        assert raw.shape == (1, 84, 80 * 60 + 40 * 30 + 20 * 15)  # anchors of a 480x640 input, strides 8/16/32
+        got = rect.postprocess(raw[0], info)
+        boxes = model.predict(bgr, verbose=False)[0].boxes  # every argument at its default
+        assert seen[-1][2:] == (480, 640), f"Ultralytics ran at {seen[-1]}"
+        ref_xyxy, ref_score = boxes.xyxy.numpy(), boxes.conf.numpy()
+        ref_class = boxes.cls.numpy().astype(np.int64)
+        assert len(got.score) == len(ref_score), (got.score, ref_score)
+        matches = match_boxes(ref_xyxy, ref_class, ref_score, got.xyxy, got.class_id)
+        assert len(matches) == len(ref_score), f"unmatched Ultralytics boxes: {ref_xyxy} {ref_class}"
+        for m in matches:
+            assert m.iou >= 0.9, (ref_class[m.ref], ref_xyxy[m.ref], got.xyxy[m.got], m.iou)
+            assert abs(float(ref_score[m.ref]) - float(got.score[m.got])) <= 0.05
+        compared += len(matches)
+    assert compared >= 10, f"only {compared} boxes compared"
 
 
 def test_failed_check_leaves_nothing(coco_pt: Path, tmp_path: Path) -> None:
