@@ -17,10 +17,11 @@ STAGES = ["ipc", "source", "delivery", "worker", "supervision"]
 # the floors below the pipeline: they never import it (nor the index, viewer, exporters, CLI)
 ABOVE = ("frametok.streamer", "frametok.index", "frametok.viewer", "frametok.exporters", "frametok.cli",
          "frametok.demo")
-LOWER = ("frametok.errors", "frametok.grid", "frametok.packet", "frametok.keys", "frametok.config",
-         "frametok.sdk", "frametok.models")
+LOWER = ("frametok.errors", "frametok.grid", "frametok.packet", "frametok.keys", "frametok.zmq_parts",
+         "frametok.config", "frametok.sdk", "frametok.models")
 # what the subscriber side may import of frametok
-SDK_MAY_IMPORT = ("frametok.errors", "frametok.grid", "frametok.packet", "frametok.keys", "frametok.sdk")
+SDK_MAY_IMPORT = ("frametok.errors", "frametok.grid", "frametok.packet", "frametok.keys", "frametok.zmq_parts",
+                  "frametok.sdk")
 MAX_CLASS_LINES = 260
 
 

@@ -10,6 +10,7 @@ import zmq
 
 from ..keys import client_curve
 from ..packet import topic_for
+from ..zmq_parts import recv_parts
 from .lossless import CreditClient
 
 __all__ = ["Link"]
@@ -45,7 +46,7 @@ class Link:
     def recv_nowait(self) -> Any | None:
         """The parts of a message waiting on this connection, or None."""
         try:
-            return self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            return recv_parts(self.socket, zmq.NOBLOCK)
         except zmq.Again:
             return None
 

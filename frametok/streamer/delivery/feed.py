@@ -20,6 +20,7 @@ import zmq
 from ...config import PublisherConfig
 from ...errors import PipelineError
 from ...packet import Message, StreamInfo
+from ...zmq_parts import send_parts
 from ..ipc.hub import ACK, BATCH, HELLO, KEY, STATE, BatchStats, HubState, WorkerHello, pack_message
 
 __all__ = ["HubFeed"]
@@ -47,7 +48,7 @@ class HubFeed:
     def _send(self, parts: list[Any]) -> None:
         while True:
             try:
-                self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                send_parts(self.socket, parts, zmq.NOBLOCK)
                 return
             except zmq.Again:
                 if self.stop.is_set():

@@ -30,6 +30,7 @@ from ...config import Config
 from ...errors import FrametokError
 from ...grid import GridDecompressor, GridUpdate
 from ...packet import EndOfStream, Message, TokenPacket, topic_for
+from ...zmq_parts import recv_parts
 from ..ipc.hub import ACK, BATCH, HELLO, KEY, MESSAGE, STATE, BatchStats, HubState, WorkerHello, unpack_message
 from ..ipc.notices import EventNotice, RunContext, die_with_parent, set_process_name
 from .metrics import MetricsServer, RunMetrics, serve_metrics
@@ -248,7 +249,7 @@ class Hub:
         taken = 0
         while limit is None or taken < limit:
             try:
-                parts = self.workers_in.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                parts = recv_parts(self.workers_in, zmq.NOBLOCK)
             except zmq.Again:
                 return
             self._take(parts)

@@ -35,6 +35,7 @@ from typing import Any
 import zmq
 
 from ...packet import BYE, CREDIT, HELLO, KEY, MAX_CREDIT, topic_for
+from ...zmq_parts import send_parts
 
 __all__ = ["LosslessRouter"]
 
@@ -187,7 +188,7 @@ class LosslessRouter:
                     out = whole
                     peer.synced.add(topic)
             try:
-                self.socket.send_multipart([peer.identity, *out], copy=False)
+                send_parts(self.socket, [peer.identity, *out])
             except zmq.ZMQError as exc:  # EHOSTUNREACH: the subscriber went away
                 self._drop(peer, str(exc))
                 continue

@@ -23,6 +23,7 @@ import zmq
 from ...config import PublisherConfig
 from ...errors import PipelineError
 from ...packet import Message, StreamInfo, TokenPacket, encode, topic_for
+from ...zmq_parts import send_parts
 from .lossless import LosslessRouter
 from .security import server_curve, start_authenticator
 
@@ -84,7 +85,7 @@ class Publisher:
         self._seq[message.stream_id] = seq + 1
         t_publish_ns = time.time_ns()
         frames = encode(message, seq, t_publish_ns)
-        self.socket.send_multipart(frames, copy=False)
+        send_parts(self.socket, frames)
         message_id = -1
         if self.lossless is not None:
             update = message.grid_update if isinstance(message, TokenPacket) else None
