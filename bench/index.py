@@ -15,7 +15,9 @@ frame rate.
 ``--videos`` clips of ``--frames`` frames each; prints frames/s of each (``fps``: the whole command;
 ``indexing_fps``: after the cluster is ready and the models are loaded), ``scaling_ratio`` = 2-node /
 1-node indexing frames/s (goal >= 1.7), and the peak memory (RSS) of each Ray node: its raylet, its
-workers (the actor holding the models included) and the rest (GCS, agents). Ray only works on loopback
+workers (the actor holding the models included) and the rest (GCS, agents); ``driver_cores``: the CPU the
+``frametok index`` driver itself took (seconds / wall seconds; with as many cores as nodes, as on a 2-core
+machine, those are taken from the nodes, which the 1-node run does not pay). Ray only works on loopback
 inside a network namespace holding nothing else, so the bench re-runs itself under ``unshare --net``.
 
     python bench/index.py --ray [--videos 4 --frames 60 --models ../shared/models]
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -117,8 +120,12 @@ def ray_bench(args: argparse.Namespace) -> None:
                 cmd = [*frametok, "index", *map(str, clips), "--db", str(db), "--models", args.models,
                        "--ray", cluster.address, "--no-progress"]
                 t0 = time.monotonic()
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 wall = time.monotonic() - t0
+                # the driver's own CPU (decoding nothing: probing, Ray's client, LanceDB commits): cores it took
+                driver_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
                 done.set()
                 sampler.join()
                 if result.returncode != 0 or f"{total} frames" not in result.stdout:
@@ -129,6 +136,7 @@ def ray_bench(args: argparse.Namespace) -> None:
                 out[f"nodes{nodes}"] = {
                     "wall_s": round(wall, 2), "ready_s": ready, "fps": round(total / wall, 3),
                     "indexing_fps": round(total / (seconds - ready), 3),
+                    "driver_cpu_s": round(driver_cpu, 2), "driver_cores": round(driver_cpu / wall, 3),
                     "node_rss_mb": [{k: round(v / 2**20) for k, v in p.items()} for p in peak],
                 }
         one, two = out["nodes1"], out["nodes2"]
