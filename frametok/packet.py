@@ -52,7 +52,7 @@ __all__ = [
     "validate_stream_id",
 ]
 
-PROTOCOL_VERSION: tuple[int, int] = (1, 2)
+PROTOCOL_VERSION: tuple[int, int] = (1, 3)
 
 MAX_HEADER_BYTES = 1 << 20
 MAX_BUFFERS = 64
@@ -87,6 +87,7 @@ _BUFFER_DTYPES: dict[str, tuple[str, ...]] = {
     "det_score": ("float32",),
     "det_class": ("int32",),
     "det_track": ("int32",),
+    "det_mask": ("uint8",),
     "ctx": ("float16", "float32"),
     "patches": ("float16", "float32"),
     "patch_index": ("int32",),
@@ -124,18 +125,37 @@ def _as_array(value: Any, dtype: str, name: str) -> NDArray[Any]:
         raise ValueError(f"{name}: cannot be converted to {dtype}: {exc}") from exc
 
 
+def _cells_along(lo: float, hi: float, pixels: int, cells: int) -> NDArray[np.intp]:
+    """The mask cell of each pixel ``0 .. pixels - 1`` along one axis of a box ``[lo, hi)`` (docs/protocol.md
+    §5.3): ``floor(((p + 0.5) - lo) * cells / (hi - lo))`` in double precision for a pixel whose centre
+    ``p + 0.5`` lies in ``[lo, hi)`` (at most ``cells - 1``), -1 for the others."""
+    lo64, hi64 = float(lo), float(hi)
+    out = np.full(pixels, -1, np.intp)
+    if not hi64 > lo64:  # no area (or NaN): no pixel
+        return out
+    centre = np.arange(pixels, dtype=np.float64) + 0.5
+    inside = (centre >= lo64) & (centre < hi64)
+    cell = np.floor((centre[inside] - lo64) * cells / (hi64 - lo64))
+    out[inside] = np.minimum(cell, cells - 1).astype(np.intp)
+    return out
+
+
 @dataclass(frozen=True)
 class Detections:
     """Hard tokens of one frame: ``N`` boxes in source-frame pixels.
 
     ``xyxy`` is ``(N, 4)`` float32, ``score`` ``(N,)`` float32, ``class_id`` ``(N,)`` int32 and
     ``track_id`` ``(N,)`` int32 (-1 where untracked) or ``None`` when no tracker ran.
+    ``mask_bits`` (1.3, a segmentation model): ``(N, mh, mw / 8)`` uint8, each box's instance mask as an
+    ``mh x mw`` grid of cells over the box, bit-packed (docs/protocol.md §5.3); None without masks. Read it in
+    source-frame pixels with :meth:`frame_mask` and :meth:`mask_areas`, or per cell with :meth:`box_masks`.
     """
 
     xyxy: NDArray[np.float32]
     score: NDArray[np.float32]
     class_id: NDArray[np.int32]
     track_id: NDArray[np.int32] | None = None
+    mask_bits: NDArray[np.uint8] | None = None
 
     def __post_init__(self) -> None:
         xyxy = _as_array(self.xyxy, "float32", "xyxy")
@@ -153,19 +173,71 @@ class Detections:
             if arr.shape != (n,):
                 raise ValueError(f"{name}: expected shape ({n},) to match xyxy, got {arr.shape}")
             object.__setattr__(self, name, arr)
+        if self.mask_bits is not None:
+            bits = self.mask_bits
+            if not isinstance(bits, np.ndarray) or bits.dtype != np.uint8:
+                raise ValueError(f"mask_bits: expected a uint8 array, got {getattr(bits, 'dtype', type(bits))}")
+            if bits.ndim != 3 or bits.shape[0] != n or min(bits.shape[1:]) <= 0:
+                raise ValueError(f"mask_bits: expected shape ({n}, mh, mw / 8) with mh, mw > 0, got {bits.shape}")
 
     def __len__(self) -> int:
         return int(self.xyxy.shape[0])
 
     @classmethod
-    def empty(cls) -> Detections:
-        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32))
+    def empty(cls, mask_hw: tuple[int, int] | None = None) -> Detections:
+        """No detection; with ``mask_hw`` those of a segmentation model (``mask_bits`` of shape (0, mh, mw / 8))."""
+        bits = None if mask_hw is None else np.zeros((0, mask_hw[0], mask_hw[1] // 8), np.uint8)
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32), mask_bits=bits)
 
-    def to_supervision(self, class_names: Sequence[str] = ()) -> sv.Detections:
+    @property
+    def mask_hw(self) -> tuple[int, int] | None:
+        """(mh, mw): the cells of each box's mask (mw = 8 x the bytes of a row); None without masks."""
+        if self.mask_bits is None:
+            return None
+        return int(self.mask_bits.shape[1]), 8 * int(self.mask_bits.shape[2])
+
+    def box_masks(self) -> NDArray[np.bool_]:
+        """``(N, mh, mw)``: cell ``(r, c)`` of box ``i``'s mask (unpacked, most significant bit first)."""
+        if self.mask_bits is None:
+            raise ValueError("these detections have no masks (mask_bits is None: not a segmentation model)")
+        return np.unpackbits(self.mask_bits, axis=-1).astype(bool)
+
+    def _pixel_cells(self, i: int, size_wh: tuple[int, int]) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+        """Each frame row's and column's mask cell in box ``i`` (-1 outside it)."""
+        mh, mw = self.mask_hw or (0, 0)
+        x1, y1, x2, y2 = (float(v) for v in self.xyxy[i])
+        return _cells_along(y1, y2, int(size_wh[1]), mh), _cells_along(x1, x2, int(size_wh[0]), mw)
+
+    def frame_mask(self, i: int, size_wh: tuple[int, int]) -> NDArray[np.bool_]:
+        """Detection ``i``'s mask in source-frame pixels: ``(H, W)`` bool of a ``size_wh`` (W, H) frame (the
+        packet's ``size_wh``), pixel ``(y, x)`` set when its centre lies in the box and in a set cell (§5.3)."""
+        cells = self.box_masks()[i]
+        rows, cols = self._pixel_cells(i, size_wh)
+        out = np.zeros((int(size_wh[1]), int(size_wh[0])), bool)
+        ys, xs = np.flatnonzero(rows >= 0), np.flatnonzero(cols >= 0)
+        if len(ys) and len(xs):
+            out[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1] = cells[np.ix_(rows[ys], cols[xs])]
+        return out
+
+    def mask_areas(self, size_wh: tuple[int, int]) -> NDArray[np.int64]:
+        """``(N,)``: each mask's area in source-frame pixels (the set pixels of :meth:`frame_mask`)."""
+        cells = self.box_masks().astype(np.int64)
+        mh, mw = cells.shape[1:] if cells.ndim == 3 else (0, 0)
+        out = np.zeros(len(self), np.int64)
+        for i in range(len(self)):
+            rows, cols = self._pixel_cells(i, size_wh)
+            per_row = np.bincount(rows[rows >= 0], minlength=mh)
+            per_col = np.bincount(cols[cols >= 0], minlength=mw)
+            out[i] = int(per_row @ cells[i] @ per_col)
+        return out
+
+    def to_supervision(self, class_names: Sequence[str] = (), size_wh: tuple[int, int] | None = None) -> sv.Detections:
         """These detections as a ``supervision.Detections`` (to draw, filter, count with supervision).
 
         ``xyxy``, ``confidence``, ``class_id``, ``tracker_id`` (None when no tracker ran; -1 where a box is
-        untracked, which supervision's zones and counters ignore) and ``data["class_name"]`` (from
+        untracked, which supervision's zones and counters ignore), ``mask`` (``(N, H, W)`` bool in source-frame
+        pixels, :meth:`frame_mask`, when there are masks and ``size_wh`` (the packet's) is given; else None) and
+        ``data["class_name"]`` (from
         ``class_names``, e.g. :meth:`StreamInfo.class_names`; the id as text where it has no name). The
         arrays are copies (a decoded packet's are read-only views of the message). supervision is
         imported here, not with frametok: a subscriber that does not convert does not need it.
@@ -177,7 +249,8 @@ class Detections:
                          dtype=str)
         return sv.Detections(
             xyxy=self.xyxy.astype(np.float32, copy=True),
-            mask=None,  # instance masks: set here once the models carry them (det_mask, issue 14 follow-up)
+            mask=None if self.mask_bits is None or size_wh is None or not len(self)
+            else np.stack([self.frame_mask(i, size_wh) for i in range(len(self))]),
             confidence=self.score.astype(np.float32, copy=True),
             class_id=class_id,
             tracker_id=None if self.track_id is None else self.track_id.astype(np.int64),
@@ -419,6 +492,8 @@ def encode(
             arrays += [("det_xyxy", det.xyxy), ("det_score", det.score), ("det_class", det.class_id)]
             if det.track_id is not None:
                 arrays.append(("det_track", det.track_id))
+            if det.mask_bits is not None:
+                arrays.append(("det_mask", det.mask_bits))
         if message.context_token is not None:
             arrays.append(("ctx", message.context_token))
         update = message.grid_update
@@ -578,6 +653,7 @@ def _decode_frame(header: Mapping[str, Any], buffers: Mapping[str, NDArray[Any]]
                 score=_expect(buffers, "det_score", 1),
                 class_id=_expect(buffers, "det_class", 1),
                 track_id=_expect(buffers, "det_track", 1) if "det_track" in buffers else None,
+                mask_bits=_expect(buffers, "det_mask", 3) if "det_mask" in buffers else None,
             )
         except ValueError as exc:
             raise ProtocolError(f"detections: {exc}") from exc
@@ -890,20 +966,25 @@ def _fast_tokens(h: _FrameHead, buffers: dict[str, NDArray[Any]]) -> tuple[Any, 
 
 
 def _fast_frame(h: _FrameHead, buffers: dict[str, NDArray[Any]]) -> TokenPacket:
-    detections = track = None
+    detections = track = mask = None
     xyxy = buffers.get("det_xyxy")
     if xyxy is not None:
         score, cls, track = buffers.get("det_score"), buffers.get("det_class"), buffers.get("det_track")
+        mask = buffers.get("det_mask")
         if score is None or cls is None:
             raise _Slow
         n = xyxy.shape[0]
         if xyxy.ndim != 2 or xyxy.shape[1] != 4 or xyxy.dtype is not _F32 or score.shape != (n,) \
                 or score.dtype is not _F32 or cls.shape != (n,) or cls.dtype is not _I32 \
-                or (track is not None and (track.shape != (n,) or track.dtype is not _I32)):
+                or (track is not None and (track.shape != (n,) or track.dtype is not _I32)) \
+                or (mask is not None and (mask.ndim != 3 or mask.shape[0] != n or mask.dtype is not _U8
+                                          or not mask.shape[1] or not mask.shape[2])):
             raise _Slow
-        detections = _new(Detections, {"xyxy": xyxy, "score": score, "class_id": cls, "track_id": track})
+        detections = _new(Detections, {"xyxy": xyxy, "score": score, "class_id": cls, "track_id": track,
+                                       "mask_bits": mask})
     ctx = patches = update = content = qctx = qscore = preview = codes = None
-    if len(buffers) > (0 if detections is None else 3 + (track is not None)) or h.grid is not None:
+    if len(buffers) > (0 if detections is None else 3 + (track is not None) + (mask is not None)) \
+            or h.grid is not None:
         ctx, patches, update, content, qctx, qscore, preview, codes = _fast_tokens(h, buffers)
     t = h.t_ns
     return _new(TokenPacket, {
@@ -921,6 +1002,7 @@ def _fast_frame(h: _FrameHead, buffers: dict[str, NDArray[Any]]) -> TokenPacket:
 
 _F32 = _DTYPES["float32"]
 _I32 = _DTYPES["int32"]
+_U8 = _DTYPES["uint8"]
 
 
 def _decode_fast(parts: Sequence[Any]) -> Message:

@@ -278,7 +278,7 @@ def detector_parity(manifest: DetectorManifest, fp32: Path, fp16: Path, images: 
         batch = np.empty((1, 3, h, w), np.float32)
         info = det32.preprocess(frame, batch[0])
         batches.append(batch)
-        raw32, raw16 = det32.infer(batch)[0], det16.infer(batch)[0]
+        raw32, raw16 = np.asarray(det32.infer(batch)[0]), np.asarray(det16.infer(batch)[0])  # yolov8: no masks
         raw_diff = max(raw_diff, float(np.abs(raw32.astype(np.float64) - raw16).max()))
         d32, d16 = det32.postprocess(raw32, info), det16.postprocess(raw16, info)
         counts[0] += len(d32.score)

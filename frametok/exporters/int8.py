@@ -338,7 +338,7 @@ def detector_int8_parity(manifest: DetectorManifest, fp32: Path, int8: Path, fra
     batch = np.empty((1, 3, *det32.input_hw), np.float32)
     for frame in frames:
         info = det32.preprocess(frame.rgb, batch[0])
-        raw32, raw8 = det32.infer(batch)[0], det8.infer(batch)[0]
+        raw32, raw8 = np.asarray(det32.infer(batch)[0]), np.asarray(det8.infer(batch)[0])  # yolov8: no masks
         raw_diff = max(raw_diff, float(np.abs(raw32[4:].astype(np.float64) - raw8[4:]).max()))
         d32, d8 = det32.postprocess(raw32, info), det8.postprocess(raw8, info)
         n32, t32, i32, g32 = _twins(d32, d8, gate, floor)

@@ -25,8 +25,10 @@ from ..models.describe import describe_ultralytics_onnx
 from ..models.detector import Detector, letterbox_into, squash_into
 from ..models.manifest import DetectorHead, DetectorManifest, WeightsSource, file_sha256, write_manifest
 from ..models.session import ModelFiles, create_session, locate_model
+from ..packet import Detections
 from ._common import box_iou, remove_quietly
 from ._deps import package_versions, require_modules
+from .mask_parity import CEILING_SLACK, MASK_IOU, frametok_masks, mask_figures, tiny_mask, ultralytics_masks
 
 __all__ = ["BoxMatch", "box_iou", "export_yolo", "match_boxes"]
 
@@ -60,6 +62,8 @@ class _Boxes:
     xyxy: NDArray[np.float32]
     score: NDArray[np.float32]
     class_id: NDArray[np.int64]
+    masks: NDArray[np.bool_] | None = None  # (N, H, W) in source pixels, a segmentation model's
+    dets: Detections | None = None  # frametok's side: its detections (the masks' cells)
 
 
 def match_boxes(
@@ -172,8 +176,9 @@ def _export_onnx(
             model = RTDETR(source)
         else:
             model = YOLO(source)  # an RT-DETR checkpoint comes back as ultralytics.RTDETR
-        if model.task != "detect":
-            raise ExportError(f"{weights}: an Ultralytics {model.task!r} model, frametok exports detectors only")
+        if model.task not in ("detect", "segment"):
+            raise ExportError(f"{weights}: an Ultralytics {model.task!r} model, frametok exports detectors (and "
+                              "instance segmentation) only")
         net: Any = model.model
         if end2end and getattr(net.model[-1], "one2one_cv2", None) is None:
             raise ExportError(f"{weights}: end2end asked for, but this model has no one-to-one (NMS-free) head")
@@ -201,6 +206,9 @@ def _predict_ultralytics(
     the image's edges unclipped: they are clipped here, as frametok's (and Ultralytics' YOLO) boxes are.
     """
     extra: dict[str, Any] = {"nms": False} if head == "end2end" else {}
+    segment = model.task == "segment"
+    if segment:  # its masks at the source frame's size, for mask parity (mask_parity.py)
+        extra["retina_masks"] = True
     result = model.predict(image_bgr, **{**_ULTRALYTICS_PREDICT, "rect": rect}, conf=conf, imgsz=imgsz, **extra)[0]
     boxes = result.boxes
     xyxy = boxes.xyxy.cpu().numpy().astype(np.float32)
@@ -211,6 +219,7 @@ def _predict_ultralytics(
         xyxy=xyxy,
         score=boxes.conf.cpu().numpy().astype(np.float32),
         class_id=boxes.cls.cpu().numpy().astype(np.int64),
+        masks=ultralytics_masks(result, (h, w)) if segment else None,
     )
 
 
@@ -225,11 +234,16 @@ def _predict_frametok(manifest_path: Path, image_bgr: NDArray[np.uint8], conf: f
         xyxy=np.asarray(dets.xyxy, np.float32),
         score=np.asarray(dets.score, np.float32),
         class_id=np.asarray(dets.class_id, np.int64),
+        masks=None if dets.mask_bits is None else frametok_masks(dets, (frame_rgb.shape[1], frame_rgb.shape[0])),
+        dets=dets,
     )
 
 
 def _select(boxes: _Boxes, keep: NDArray[np.bool_]) -> _Boxes:
-    return _Boxes(boxes.xyxy[keep], boxes.score[keep], boxes.class_id[keep])
+    if boxes.dets is not None:
+        raise ValueError("only the reference's boxes are selected")
+    return _Boxes(boxes.xyxy[keep], boxes.score[keep], boxes.class_id[keep],
+                  None if boxes.masks is None else boxes.masks[keep])
 
 
 def _figures(ref: _Boxes, got: _Boxes, matches: list[BoxMatch]) -> dict[str, Any]:
@@ -242,6 +256,8 @@ def _figures(ref: _Boxes, got: _Boxes, matches: list[BoxMatch]) -> dict[str, Any
         "mean_iou": round(float(np.mean(ious)), 4) if ious else None,
         "max_score_diff": float(f"{max(gaps):.4g}") if gaps else None,
         "max_score_rel_diff": float(f"{max(rel):.4g}") if rel else None,
+        **({} if ref.masks is None or got.masks is None or got.dets is None else
+           mask_figures(ref.masks, got.masks, [(m.ref, m.got) for m in matches], got.dets)),
     }
 
 
@@ -322,6 +338,9 @@ def _twins(a: _Boxes, b: _Boxes, floor: float) -> tuple[list[BoxMatch], list[str
         if m is None and _class_tie(a, int(i), b, taken):
             skipped.append(int(i))
             continue
+        if m is None and tiny_mask(a.masks, a.xyxy, int(i)):  # the other side's mask of it was empty: dropped
+            skipped.append(int(i))
+            continue
         if m is None and not ((a.xyxy[i, 2:] - a.xyxy[i, :2]) > 0).all():
             m = _degenerate_twin(a, int(i), b, taken)
             if m is None:  # OpenCV's NMS (the yolov8 head) drops boxes of no area, Ultralytics' keeps them
@@ -397,6 +416,7 @@ def _check_parity(weights: Path, manifest_path: Path, model: Any, imgsz: int, sa
     if not record["compared"]:
         raise ExportError(f"{weights}: the parity check on {sample.name} compared no boxes (Ultralytics finds "
                           f"none, even at the lowest threshold): no check at all; parity {record}")
+    problems += _mask_problems(record)
     if problems:
         raise ExportError(
             f"{weights}: the ONNX export does not reproduce Ultralytics on {sample.name}"
@@ -405,6 +425,23 @@ def _check_parity(weights: Path, manifest_path: Path, model: Any, imgsz: int, sa
             f"{f' (and {len(problems) - 10} more)' if len(problems) > 10 else ''}; parity {record}"
         )
     return record
+
+
+def _mask_problems(record: dict[str, Any]) -> list[str]:
+    """A segmentation model's mask gate (mask_parity.py): matched boxes' masks compared, a mean cell IoU of at
+    least MASK_IOU, and a mean pixel IoU at most CEILING_SLACK short of the grid's ceiling."""
+    if "mask_compared" not in record:
+        return []
+    if not record["mask_compared"]:
+        return ["no mask compared (every matched pair's masks are empty on both sides)"]
+    problems = []
+    if record["mask_cell_mean_iou"] < MASK_IOU:
+        problems.append(f"mean mask cell IoU {record['mask_cell_mean_iou']} < {MASK_IOU} over "
+                        f"{record['mask_compared']} masks (min {record['mask_cell_min_iou']})")
+    if record["mask_pixel_minus_ceiling_mean"] < -CEILING_SLACK:
+        problems.append(f"mean mask pixel IoU {record['mask_pixel_mean_iou']} falls short of the grid's ceiling "
+                        f"{record['mask_ceiling_mean_iou']} by more than {CEILING_SLACK}")
+    return problems
 
 
 def _manifest(onnx_path: Path, name: str, weights: Path, opset: int) -> DetectorManifest:
@@ -486,6 +523,9 @@ def export_yolo(
             if (half or int8) and manifest.output_format != "yolov8":
                 raise ExportError(f"{weights}: --half/--int8 check the yolov8 head only; this export has the "
                                   f"{manifest.output_format} head (export it without them)")
+            if (half or int8) and manifest.masks is not None:
+                raise ExportError(f"{weights}: --half/--int8 check detection heads only, not a segmentation "
+                                  "model's masks (export it without them)")
             if check:
                 write_manifest(manifest, work / f"{name}.json")
                 parity = _check_parity(weights, work / f"{name}.json", model, imgsz, sample, manifest.output_format)

@@ -26,8 +26,9 @@ __all__ = ["OPTIONAL_FRAME_COLUMNS", "SCHEMA_VERSION", "Store", "frames_schema",
 # Version 1 still: ``code_hist`` is an optional column (like ``ctx``), absent from an index made without a
 # codebook or before it existed; such an index opens and is searched as before (not by codes), and a run
 # with a codebook that writes into it adds the column (null in the rows already there): see Store.ensure.
+# ``det_mask_area`` (a segmentation detector's mask areas) is optional the same way.
 SCHEMA_VERSION = 1
-OPTIONAL_FRAME_COLUMNS = ("code_hist",)
+OPTIONAL_FRAME_COLUMNS = ("code_hist", "det_mask_area")
 
 
 def _lancedb() -> Any:
@@ -68,9 +69,10 @@ def videos_schema() -> Any:
     ])
 
 
-def frames_schema(dim: int, content_tokens: int, codes: bool = False) -> Any:
+def frames_schema(dim: int, content_tokens: int, codes: bool = False, masks: bool = False) -> Any:
     """``dim``: the encoder's token size (0: no encoder); ``content_tokens``: pool x pool (0: none);
-    ``codes``: a code histogram per frame (a codebook)."""
+    ``codes``: a code histogram per frame (a codebook); ``masks``: each detection's mask area (a segmentation
+    detector, protocol 1.3)."""
     import pyarrow as pa
 
     fields = [
@@ -93,6 +95,10 @@ def frames_schema(dim: int, content_tokens: int, codes: bool = False) -> Any:
         # counts of codes 0, 1, ... up to the highest code in the frame (they sum to gh x gw); null: the frame
         # had no code grid (a live subscriber out of sync)
         fields.append(pa.field("code_hist", pa.list_(pa.int32())))
+    if masks:
+        # each detection's mask area in source-frame pixels (in det_class's order); null: the frame's detections
+        # carry no masks
+        fields.append(pa.field("det_mask_area", pa.list_(pa.int64())))
     return pa.schema(fields, metadata={"dim": str(dim), "content_tokens": str(content_tokens)})
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..models.codebook import code_counts
 from ..packet import TokenPacket
-from .store import Store, frames_schema
+from .store import OPTIONAL_FRAME_COLUMNS, Store, frames_schema
 
 __all__ = ["FrameRows", "FrameWriter", "rows_table", "token_dims"]
 
@@ -28,7 +28,8 @@ def rows_table(rows: list[dict[str, Any]], schema: Any) -> Any:
 
     columns: dict[str, Any] = {}
     for field in schema:
-        values = [r[field.name] for r in rows]
+        values: list[Any] = [r.get(field.name) if field.name in OPTIONAL_FRAME_COLUMNS else r[field.name]
+                             for r in rows]
         if isinstance(field.type, pa.FixedSizeListType):
             flat = (np.concatenate(values).astype(np.float32, copy=False) if values
                     else np.zeros(0, np.float32))
@@ -42,7 +43,8 @@ class FrameRows:
     """Frame packets of one video into ``frames`` rows (kept in memory; :class:`FrameWriter` appends them).
 
     ``track_offset`` is added to every track id (a resumed run's tracker counts from 1 again). ``codes``: the
-    stream carries code grids (a codebook): each row gets the counts of its packet's ``code_grid``.
+    stream carries code grids (a codebook): each row gets the counts of its packet's ``code_grid``. Detections
+    with masks (protocol 1.3) give the row ``det_mask_area`` (from the first such packet on: ``masks``).
     """
 
     def __init__(self, video_id: str, *, fps: float | None, dim: int, content_tokens: int,
@@ -53,6 +55,7 @@ class FrameRows:
         self.content_tokens = content_tokens
         self.track_offset = track_offset
         self.codes = codes
+        self.masks = False
         self.schema = frames_schema(dim, content_tokens, codes)
         self.rows: list[dict[str, Any]] = []
         self.last_frame = -1
@@ -82,6 +85,11 @@ class FrameRows:
             "det_xyxy": det.xyxy.reshape(-1).tolist() if det is not None else [],
             "det_track": tracks,
         }
+        if det is not None and det.mask_bits is not None:
+            row["det_mask_area"] = det.mask_areas(packet.size_wh).tolist()
+            if not self.masks:
+                self.masks = True
+                self.schema = frames_schema(self.dim, self.content_tokens, self.codes, True)
         if self.dim:
             row["ctx"] = self._vector(packet.context_token, self.dim)
             if self.content_tokens:
@@ -126,9 +134,11 @@ class FrameWriter(FrameRows):
         self.batch = batch
         self.interval_s = interval_s
         self.table = store.ensure("frames", self.schema)
-        if not codes and "code_hist" in self.table.schema.names:  # an index with codes: null rows here
-            self.codes = True
-            self.schema = frames_schema(dim, content_tokens, True)
+        names = self.table.schema.names
+        if (not codes and "code_hist" in names) or "det_mask_area" in names:  # the table's optional columns
+            self.codes = self.codes or "code_hist" in names  # an index with codes: null rows here
+            self.masks = "det_mask_area" in names
+            self.schema = frames_schema(dim, content_tokens, self.codes, self.masks)
         self.written = 0
         self._last_flush = time.monotonic()
 
@@ -143,5 +153,7 @@ class FrameWriter(FrameRows):
         table = self.take()
         if table is None:
             return
+        if self.masks and "det_mask_area" not in self.table.schema.names:  # the first masks into this index
+            self.table = self.store.ensure("frames", self.schema)
         self.table.add(table)
         self.written += n

@@ -15,6 +15,7 @@ from .manifest import (
     DetectorManifest,
     EncoderLayout,
     EncoderManifest,
+    MaskHead,
     WeightsSource,
     detector_output_problem,
     file_sha256,
@@ -65,29 +66,43 @@ def _flag(value: Any) -> bool:
     return str(value).strip().lower() in {"true", "1"}
 
 
-def detector_head(meta: dict[str, str], shape: tuple[int, ...], num_classes: int) -> DetectorHead:
+def detector_head(meta: dict[str, str], shape: tuple[int, ...], num_classes: int,
+                  mask_coefficients: int = 0) -> DetectorHead:
     """The head of an Ultralytics detector from its ONNX metadata and the output ``shape`` of one run.
 
     Metadata first (``head: RTDETRDecoder`` is RT-DETR; ``end2end: True``, or an ``nms=True`` export, gives
     ``(N, K, 6)`` rows of x1 y1 x2 y2 score class); without it, the shape alone (``(N, 4 + C, A)`` is the
     YOLOv8 head, ``(N, K, 6)`` an end-to-end one). A ModelError when the output does not fit that head.
+    A segmentation model's rows carry ``mask_coefficients`` more values (``4 + C + M``, ``6 + M``).
     """
     head: DetectorHead
     if "RTDETR" in meta.get("head", ""):
         head = "rtdetr"
     elif _flag(meta.get("end2end", "")) or "'nms': True" in meta.get("args", ""):
         head = "end2end"
-    elif "end2end" in meta or "head" in meta or (len(shape) == 3 and shape[1] == 4 + num_classes):
+    elif "end2end" in meta or "head" in meta or (len(shape) == 3 and shape[1] == 4 + num_classes + mask_coefficients):
         head = "yolov8"
     else:
         head = "end2end"
-    problem = detector_output_problem(head, num_classes, shape)
+    problem = detector_output_problem(head, num_classes, shape, mask_coefficients)
     if problem is None:
         return head
-    fits = [h for h in ("yolov8", "end2end") if detector_output_problem(h, num_classes, shape) is None]
+    fits = [h for h in ("yolov8", "end2end")
+            if detector_output_problem(h, num_classes, shape, mask_coefficients) is None]
     hint = f" (the shape alone would fit {' or '.join(fits)})" if fits else ""
     raise ModelError(f"{problem}{hint}; its metadata says head {meta.get('head', '?')!r}, end2end "
                      f"{meta.get('end2end', '?')!r}")
+
+
+def _mask_head(path: Path, session: Any, task: str | None) -> MaskHead | None:
+    """A segmentation export's prototypes (its second output, ``(N, M, ph, pw)``); None for a detector."""
+    outputs = session.get_outputs()
+    if task != "segment":
+        return None
+    if len(outputs) != 2 or len(outputs[1].shape) != 4 or not isinstance(outputs[1].shape[1], int):
+        raise ModelError(f"{path}: an Ultralytics segmentation model with outputs "
+                         f"{[(o.name, o.shape) for o in outputs]}: expected detections and prototypes (N, M, ph, pw)")
+    return MaskHead(output_name=outputs[1].name, coefficients=int(outputs[1].shape[1]))
 
 
 def describe_ultralytics_onnx(path: str | Path, name: str | None = None) -> DetectorManifest:
@@ -101,9 +116,9 @@ def describe_ultralytics_onnx(path: str | Path, name: str | None = None) -> Dete
     path = Path(path).resolve()
     session = _open(path)
     meta = session.get_modelmeta().custom_metadata_map
-    if meta.get("task") != "detect" or "names" not in meta:
+    if meta.get("task") not in ("detect", "segment") or "names" not in meta:
         raise ModelError(
-            f"{path}: no Ultralytics detection metadata (task/names) in the ONNX; "
+            f"{path}: no Ultralytics detection or segmentation metadata (task/names) in the ONNX; "
             "export it with `frametok export yolo WEIGHTS.pt` instead"
         )
     try:
@@ -129,8 +144,9 @@ def describe_ultralytics_onnx(path: str | Path, name: str | None = None) -> Dete
         shape = tuple(int(d) for d in session.run([outputs[0].name], {input_name: probe})[0].shape)
     except Exception as exc:  # onnxruntime's own error types
         raise ModelError(f"{path}: running the detector on a {probe.shape} input failed: {exc}") from exc
+    masks = _mask_head(path, session, meta.get("task"))
     try:
-        output_format = detector_head(dict(meta), shape, len(class_names))
+        output_format = detector_head(dict(meta), shape, len(class_names), 0 if masks is None else masks.coefficients)
     except ModelError as exc:
         raise ModelError(f"{path}: {exc}") from exc
     return DetectorManifest(
@@ -146,6 +162,7 @@ def describe_ultralytics_onnx(path: str | Path, name: str | None = None) -> Dete
         dynamic_hw=dynamic_hw,
         stride=stride,
         class_names=class_names,
+        masks=masks,
         source=WeightsSource(weights=meta.get("description"), framework=f"ultralytics {meta.get('version', '?')}"),
         exporter={"ultralytics": meta.get("version", "?"), "described_by": "frametok", "onnxruntime": onnx_version()},
     )

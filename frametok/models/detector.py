@@ -19,11 +19,17 @@ from numpy.typing import NDArray
 from ..errors import ModelError
 from ..packet import Detections
 from .manifest import DetectorManifest
+from .masks import DEFAULT_MASK_HW, SegmentOutput, decode_masks
 from .session import SessionRunner, session_precision
 
-_Found: TypeAlias = "tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int64]] | None"
+# boxes (input pixels), scores, classes, and the rows of the head's output they came from (for mask coefficients)
+_Found: TypeAlias = "tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int64], NDArray[np.intp]] | None"
+# what infer gives for a batch (a segmentation head: both its outputs), and what postprocess reads of one image
+DetectorOutput: TypeAlias = "NDArray[np.float32] | SegmentOutput"
+ImageOutput: TypeAlias = "NDArray[np.float32] | tuple[NDArray[np.float32], NDArray[np.float32]]"
 
-__all__ = ["Detector", "LetterboxInfo", "letterbox_into", "rect_input_hw", "squash_into"]
+__all__ = ["Detector", "DetectorOutput", "ImageOutput", "LetterboxInfo", "letterbox_into", "rect_input_hw",
+           "squash_into"]
 
 
 @dataclass(frozen=True)
@@ -135,7 +141,10 @@ class Detector:
         self.rect = rect
         self.manifest = manifest
         self.session = session
-        self.runner = SessionRunner(session, manifest.input_name, manifest.output_name)
+        masks = manifest.masks
+        self.runner = SessionRunner(session, manifest.input_name, manifest.output_name,
+                                    extra_outputs=() if masks is None else (masks.output_name,))
+        self.mask_hw: tuple[int, int] = DEFAULT_MASK_HW  # cells of each box's mask (a segmentation head)
         self.conf_threshold = conf_threshold
         self.iou_threshold = iou_threshold
         self.max_det = max_det
@@ -182,22 +191,40 @@ class Detector:
             out /= std
         return info
 
-    def infer(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+    def infer(self, batch: NDArray[np.float32]) -> DetectorOutput:
         """Run the model on a preprocessed ``(B, 3, H, W)`` batch; returns its raw output ``(B, ...)``
-        (``(B, 4 + C, A)`` for a ``yolov8`` head, ``(B, K, 6)`` for ``end2end``, see :class:`DetectorManifest`)."""
+        (``(B, 4 + C, A)`` for a ``yolov8`` head, ``(B, K, 6)`` for ``end2end``, see :class:`DetectorManifest`),
+        or for a segmentation head (manifest ``masks``) a :class:`~frametok.models.masks.SegmentOutput` of that
+        and the prototypes; either way ``out[i]`` is image ``i``'s, for :meth:`postprocess`."""
         man = self.manifest
+        step = len(batch) if man.batch == "dynamic" else int(man.batch)
+        if man.masks is not None:
+            parts = [SegmentOutput(*(np.asarray(o, np.float32) for o in self.runner.run_all(batch[i : i + step])))
+                     for i in range(0, len(batch), step)]
+            return parts[0] if len(parts) == 1 else SegmentOutput.concatenate(parts)
         if man.batch == "dynamic" or batch.shape[0] == man.batch:
             return np.asarray(self.runner(batch))
-        step = int(man.batch)
         outs = [
             self.runner(batch[i : i + step])
             for i in range(0, batch.shape[0], step)
         ]
         return np.concatenate(outs, axis=0)
 
-    def postprocess(self, output: NDArray[np.float32], info: LetterboxInfo) -> Detections:
+    def postprocess(self, output: ImageOutput, info: LetterboxInfo) -> Detections:
         """One image's raw output read as its head says (``output_format``), thresholded at ``conf_threshold``,
-        at most ``max_det`` boxes (most confident first), boxes mapped back to the source frame through ``info``."""
+        at most ``max_det`` boxes (most confident first), boxes mapped back to the source frame through ``info``.
+
+        A segmentation head's ``(preds, protos)``: each box also gets its mask (``Detections.mask_bits``,
+        ``mask_hw`` cells over the box in the source frame, :func:`~frametok.models.masks.decode_masks`,
+        through ``info``); a box whose mask has no pixel in the frame (docs/protocol.md §5.3) is dropped, as
+        Ultralytics' predict drops a box whose mask is empty."""
+        protos: NDArray[np.float32] | None = None
+        if isinstance(output, tuple):
+            output, protos = output
+        if (protos is None) != (self.manifest.masks is None):
+            got = "a detection output" if protos is None else "a segmentation output (preds, protos)"
+            raise ValueError(f"detector {self.manifest.name}: postprocess of {got}, the manifest says masks "
+                             f"{self.manifest.masks}")
         head = self.manifest.output_format
         if head == "end2end":
             found = self._end2end(output)
@@ -206,9 +233,23 @@ class Detector:
         else:
             found = self._yolov8(output)
         if found is None:
-            return Detections.empty()
-        xyxy, score, class_id = found
-        return Detections(xyxy=info.to_source(xyxy), score=score, class_id=class_id.astype(np.int32))
+            return Detections.empty(None if protos is None else self.mask_hw)
+        xyxy, score, class_id, rows = found
+        xyxy = info.to_source(xyxy)
+        if protos is None:
+            return Detections(xyxy=xyxy, score=score, class_id=class_id.astype(np.int32))
+        return self._with_masks(output, protos, rows, info, Detections(xyxy, score, class_id.astype(np.int32)))
+
+    def _with_masks(self, output: NDArray[np.float32], protos: NDArray[np.float32], rows: NDArray[np.intp],
+                    info: LetterboxInfo, dets: Detections) -> Detections:
+        """``dets`` (boxes in the source frame) with their masks, from the coefficients of their ``rows``."""
+        m = self.manifest.mask_coefficients
+        table = output.T if self.manifest.output_format == "yolov8" else np.asarray(output).reshape(-1, 6 + m)
+        coefficients = np.ascontiguousarray(table[rows, -m:], np.float32)
+        input_hw = getattr(info, "input_hw", None) or self.manifest.input_size_hw
+        bits = decode_masks(coefficients, protos, dets.xyxy, info, input_hw, self.mask_hw)
+        keep = Detections(dets.xyxy, dets.score, dets.class_id, mask_bits=bits).mask_areas(info.size_wh) > 0
+        return Detections(dets.xyxy[keep], dets.score[keep], dets.class_id[keep], mask_bits=bits[keep])
 
     def _top(self, xyxy: NDArray[np.float32], score: NDArray[np.float32], class_id: NDArray[np.int64]) -> _Found:
         """The boxes over ``conf_threshold``, most confident first, at most ``max_det``; None when there is none."""
@@ -216,10 +257,11 @@ class Detector:
         if not len(keep):
             return None
         keep = keep[np.argsort(-score[keep], kind="stable")][: self.max_det]
-        return np.ascontiguousarray(xyxy[keep], np.float32), score[keep].astype(np.float32), class_id[keep]
+        return np.ascontiguousarray(xyxy[keep], np.float32), score[keep].astype(np.float32), class_id[keep], keep
 
     def _yolov8(self, output: NDArray[np.float32]) -> _Found:
-        """``(4 + C, A)`` of (cx, cy, w, h, class scores) in input pixels: best class per anchor, class-aware NMS."""
+        """``(4 + C, A)`` of (cx, cy, w, h, class scores) in input pixels: best class per anchor, class-aware NMS
+        (a segmentation head's mask coefficients follow the class scores: ``(4 + C + M, A)``)."""
         preds = output.T  # (A, 4 + C)
         scores_all = preds[:, 4 : 4 + self.num_classes]
         class_id = scores_all.argmax(axis=1)
@@ -227,6 +269,7 @@ class Detector:
         keep = score > self.conf_threshold
         if not keep.any():
             return None
+        anchors = np.flatnonzero(keep)
         boxes_cxcywh, score, class_id = preds[keep, :4], score[keep], class_id[keep]
         xywh = boxes_cxcywh.copy()
         xywh[:, 0] -= xywh[:, 2] / 2
@@ -239,11 +282,11 @@ class Detector:
         xyxy = np.empty((len(idx), 4), np.float32)
         xyxy[:, :2] = xywh[idx, :2]
         xyxy[:, 2:] = xywh[idx, :2] + xywh[idx, 2:]
-        return xyxy, score[idx].astype(np.float32), class_id[idx]
+        return xyxy, score[idx].astype(np.float32), class_id[idx], anchors[idx]
 
     def _end2end(self, output: NDArray[np.float32]) -> _Found:
         """``(K, 6)`` of (x1, y1, x2, y2, score, class) in input pixels, NMS-free: threshold and ``max_det`` only."""
-        rows = np.asarray(output, np.float32).reshape(-1, 6)
+        rows = np.asarray(output, np.float32).reshape(-1, 6 + self.manifest.mask_coefficients)  # (K, 6 + M): masks
         return self._top(rows[:, :4], rows[:, 4], np.rint(rows[:, 5]).astype(np.int64))
 
     def _rtdetr(self, output: NDArray[np.float32]) -> _Found:

@@ -28,6 +28,7 @@ __all__ = [
     "Int8Variant",
     "Letterbox",
     "Manifest",
+    "MaskHead",
     "WeightsSource",
     "detector_output_problem",
     "expected_detector_output",
@@ -98,6 +99,15 @@ class Int8Variant(_Frozen):
         return self.parity.get("passed") is True
 
 
+class MaskHead(_Frozen):
+    """A segmentation head's second output: ``coefficients`` mask prototypes ``(N, coefficients, ph, pw)``
+    (YOLOv8-seg / YOLO26-seg: 32 prototypes at a quarter of the input size). Each detection row of the first
+    output then ends with its ``coefficients`` mask coefficients (:mod:`frametok.models.masks`)."""
+
+    output_name: str = Field(min_length=1, description="the prototypes' graph output")
+    coefficients: int = Field(gt=0, description="prototypes per image, and coefficients per detection")
+
+
 class _ManifestBase(_Frozen):
     schema_version: int = MANIFEST_SCHEMA_VERSION
     name: str = Field(min_length=1)
@@ -163,6 +173,11 @@ class DetectorManifest(_ManifestBase):
     ``dynamic_hw``: the graph takes any input height and width (an Ultralytics ``dynamic=True`` export), so a
     frame may run at the rect letterbox of its own aspect (``input_size_hw`` then being the largest input),
     padded to a multiple of ``stride``; False for a fixed input (and in manifests written before it existed).
+
+    ``masks``: an instance-segmentation model (YOLOv8-seg, YOLO26-seg; ``yolov8`` or ``end2end`` head): each row
+    of the output also carries ``masks.coefficients`` mask coefficients, after the class scores (``yolov8``:
+    ``(N, 4 + classes + M, anchors)``) or after the class (``end2end``: ``(N, K, 6 + M)``), and the graph has a
+    second output, the prototypes ``(N, M, ph, pw)`` (:class:`MaskHead`).
     """
 
     kind: Literal["detector"] = "detector"
@@ -172,6 +187,18 @@ class DetectorManifest(_ManifestBase):
     stride: int = Field(32, ge=1, le=1024, description="the model's largest stride: rect inputs are multiples of it")
     output_format: DetectorHead = "yolov8"
     class_names: list[str] = Field(min_length=1)
+    masks: MaskHead | None = None
+
+    @model_validator(mode="after")
+    def _masks_fit_the_head(self) -> DetectorManifest:
+        if self.masks is not None and self.output_format == "rtdetr":
+            raise ValueError("masks: the rtdetr head has no mask output (masks go with yolov8 or end2end)")
+        return self
+
+    @property
+    def mask_coefficients(self) -> int:
+        """Mask coefficients per detection row (0: no masks)."""
+        return 0 if self.masks is None else self.masks.coefficients
 
     def info(self) -> dict[str, Any]:
         """What subscribers need to know of this model (travels in stream-info messages)."""
@@ -179,35 +206,37 @@ class DetectorManifest(_ManifestBase):
 
     def expected_output(self) -> str:
         """The output shape ``output_format`` needs, in words (for error messages)."""
-        return expected_detector_output(self.output_format, len(self.class_names))
+        return expected_detector_output(self.output_format, len(self.class_names), self.mask_coefficients)
 
     def output_problem(self, shape: Sequence[int | str | None]) -> str | None:
         """Why an output of ``shape`` (ints, or names/None for dynamic axes) does not fit this head; None if it fits."""
-        return detector_output_problem(self.output_format, len(self.class_names), shape)
+        return detector_output_problem(self.output_format, len(self.class_names), shape, self.mask_coefficients)
 
 
-def expected_detector_output(head: DetectorHead, num_classes: int) -> str:
-    """The output of a ``head`` detector of ``num_classes`` classes, in words."""
+def expected_detector_output(head: DetectorHead, num_classes: int, mask_coefficients: int = 0) -> str:
+    """The output of a ``head`` detector of ``num_classes`` classes (and ``mask_coefficients`` per row), in words."""
+    masks = f" + {mask_coefficients} mask coefficients" if mask_coefficients else ""
     if head == "yolov8":
-        return f"(N, 4 + {num_classes} classes, anchors)"
+        return f"(N, 4 + {num_classes} classes{masks}, anchors)"
     if head == "end2end":
-        return "(N, K, 6) of x1 y1 x2 y2 score class"
+        return f"(N, K, 6{masks}) of x1 y1 x2 y2 score class" + (" coefficients" if masks else "")
     return f"(N, K, 6) of cx cy w h score class, or (N, K, 4 + {num_classes} classes)"
 
 
-def detector_output_problem(head: DetectorHead, num_classes: int, shape: Sequence[int | str | None]) -> str | None:
+def detector_output_problem(head: DetectorHead, num_classes: int, shape: Sequence[int | str | None],
+                            mask_coefficients: int = 0) -> str | None:
     """Why ``shape`` does not fit ``head`` (None when it does, or when the axes that decide are dynamic)."""
     dims = tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
     shown = "(" + ", ".join(str(d) if d is not None else "?" for d in dims) + ")"
     problem = (f"output {shown} does not fit output_format {head}: expected "
-               f"{expected_detector_output(head, num_classes)}")
+               f"{expected_detector_output(head, num_classes, mask_coefficients)}")
     if len(dims) != 3:
         return problem
     _, rows, cols = dims
     if head == "yolov8":
-        fits = rows in (None, 4 + num_classes)
+        fits = rows in (None, 4 + num_classes + mask_coefficients)
     elif head == "end2end":
-        fits = cols in (None, 6)
+        fits = cols in (None, 6 + mask_coefficients)
     else:
         fits = cols in (None, 6, 4 + num_classes)
     return None if fits else problem

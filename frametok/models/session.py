@@ -214,6 +214,15 @@ def _check_detector_output(man: DetectorManifest, session: Any, where: str, batc
     """The detector's output must fit its head (``output_format``): read from the graph when its axes are fixed,
     else from one run on zeros; a ModelError naming both shapes when it does not."""
     output = next(o for o in session.get_outputs() if o.name == man.output_name)
+    if man.masks is not None:
+        protos = next((o for o in session.get_outputs() if o.name == man.masks.output_name), None)
+        if protos is None:
+            raise ModelError(f"{where}: manifest masks.output_name {man.masks.output_name!r} is not a graph output "
+                             f"{[o.name for o in session.get_outputs()]}")
+        dims = list(protos.shape)
+        if len(dims) != 4 or (isinstance(dims[1], int) and dims[1] != man.masks.coefficients):
+            raise ModelError(f"{where}: mask prototypes {man.masks.output_name!r} have shape {dims}, expected "
+                             f"(N, {man.masks.coefficients}, ph, pw)")
     shape: list[Any] = list(output.shape)
     if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
         n = batch if isinstance(batch, int) and batch > 0 else 1
@@ -330,7 +339,8 @@ _DEVICE_PROVIDERS = {"TensorrtExecutionProvider": "cuda", "CUDAExecutionProvider
 
 
 class SessionRunner:
-    """Runs a one-input, one-output session on a batch, through onnxruntime IO binding on a GPU.
+    """Runs a one-input session on a batch (its ``output_name``, or with :meth:`run_all` that and
+    ``extra_outputs``, e.g. a segmentation head's prototypes), through onnxruntime IO binding on a GPU.
 
     On CUDA or TensorRT (``device`` ``"auto"`` picks it from the session's first provider) each batch is
     copied into a device buffer kept between calls (one per batch shape), the output is bound to the
@@ -339,8 +349,10 @@ class SessionRunner:
     used as is, unless ``device="cpu"`` asks for the bound path (tests check both give the same output).
     """
 
-    def __init__(self, session: Any, input_name: str, output_name: str, device: str = "auto") -> None:
+    def __init__(self, session: Any, input_name: str, output_name: str, device: str = "auto",
+                 extra_outputs: Sequence[str] = ()) -> None:
         self.session, self.input_name, self.output_name = session, input_name, output_name
+        self.output_names = [output_name, *extra_outputs]  # run_all's outputs, in this order
         if device == "auto":
             device = _DEVICE_PROVIDERS.get(session.get_providers()[0], "")
         if device not in ("", "cpu", "cuda"):
@@ -353,8 +365,18 @@ class SessionRunner:
         return bool(self.device)
 
     def __call__(self, batch: NDArray[np.float32]) -> NDArray[Any]:
+        """The first output (``output_name``) for ``batch``."""
         if not self.device:
             return np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0])
+        return self._bound(batch, [self.output_name])[0]
+
+    def run_all(self, batch: NDArray[np.float32]) -> list[NDArray[Any]]:
+        """Every output of ``output_names`` (``output_name``, then ``extra_outputs``) for ``batch``, in one run."""
+        if not self.device:
+            return [np.asarray(o) for o in self.session.run(self.output_names, {self.input_name: batch})]
+        return self._bound(batch, self.output_names)
+
+    def _bound(self, batch: NDArray[np.float32], names: Sequence[str]) -> list[NDArray[Any]]:
         import onnxruntime as ort
 
         batch = np.ascontiguousarray(batch)
@@ -365,6 +387,7 @@ class SessionRunner:
         value.update_inplace(batch)
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(self.input_name, value)
-        binding.bind_output(self.output_name, self.device, 0)
+        for name in names:
+            binding.bind_output(name, self.device, 0)
         self.session.run_with_iobinding(binding)
-        return np.asarray(binding.copy_outputs_to_cpu()[0])
+        return [np.asarray(o) for o in binding.copy_outputs_to_cpu()]

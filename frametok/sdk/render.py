@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections import Counter
@@ -44,6 +45,9 @@ def message_line(msg: Message, class_names: Sequence[str] = ()) -> str:
             counts = Counter(_name(class_names, int(c)) for c in msg.detections.class_id)
             dets = ", ".join(f"{n} {name}" for name, n in counts.most_common()) or "none"
             parts.append(f"det: {dets}")
+            if msg.detections.mask_hw is not None:
+                mh, mw = msg.detections.mask_hw
+                parts.append(f"masks {mh}x{mw}")
         tokens = []
         if msg.context_token is not None:
             tokens.append(f"ctx {msg.context_token.shape[0]}")
@@ -85,6 +89,12 @@ def message_dict(msg: Message, class_names: Sequence[str] = ()) -> dict[str, Any
                  **({"track_id": int(tracks[i])} if tracks is not None else {})}
                 for i, (box, s, c) in enumerate(zip(det.xyxy, det.score, det.class_id, strict=True))
             ]
+            if det.mask_bits is not None:  # (1.3) each box's mask: its cells (bit-packed, base64) and pixel area
+                hw = det.mask_hw
+                areas = det.mask_areas(msg.size_wh)
+                for i, d in enumerate(base["detections"]):
+                    bits = base64.b64encode(det.mask_bits[i].tobytes()).decode()
+                    d["mask"] = {"hw": list(hw or ()), "bits_b64": bits, "area": int(areas[i])}
         base["context_shape"] = None if msg.context_token is None else list(msg.context_token.shape)
         base["patch_shape"] = None if msg.patch_tokens is None else list(msg.patch_tokens.shape)
         base["latency_ms"] = _latency_ms(msg)

@@ -67,7 +67,7 @@ Each folder is one ZeroMQ multipart message:
   * invalid message: `{"valid": false, "error": <code>, "description": <str>}`: a decoder must
     reject it (`code` names the broken rule, informative only).
 
-`content` is the decoded message, with only the fields protocol 1.2 defines (unknown header
+`content` is the decoded message, with only the fields protocol 1.3 defines (unknown header
 fields and unknown buffers are dropped), defaults applied (`pts_s` null when absent, `t_ns` keys
 0 when absent, `models` `{}` when absent or null in a frame, `damaged` and `reused` false when absent
 or null, `worker` and `streams` null when absent):
@@ -118,6 +118,8 @@ def content(message: Message) -> dict[str, Any]:
             buffers["det_class"] = array_content(det.class_id)
             if det.track_id is not None:
                 buffers["det_track"] = array_content(det.track_id)
+            if det.mask_bits is not None:
+                buffers["det_mask"] = array_content(det.mask_bits)
         if message.context_token is not None:
             buffers["ctx"] = array_content(np.asarray(message.context_token))
         update = message.grid_update
@@ -341,6 +343,42 @@ def frame_codes_delta() -> TokenPacket:
     return dataclasses.replace(_grid_frame(1, 2, update), stream_id="yard")
 
 
+def _masks(rng: np.random.Generator, n: int, mask_hw: tuple[int, int]) -> np.ndarray[Any, Any]:
+    """``n`` blob-like masks (an ellipse in each grid, a corner cell set to pin the bit order), bit-packed."""
+    mh, mw = mask_hw
+    r, c = np.mgrid[:mh, :mw]
+    cells = []
+    for _ in range(n):
+        cy, cx = rng.uniform(0.3, 0.7) * mh, rng.uniform(0.3, 0.7) * mw
+        ry, rx = rng.uniform(0.25, 0.5) * mh, rng.uniform(0.25, 0.5) * mw
+        blob = ((r + 0.5 - cy) / ry) ** 2 + ((c + 0.5 - cx) / rx) ** 2 <= 1
+        blob[0, mw - 1] = True  # cell (0, mw - 1): bit 0 of the last byte of row 0
+        cells.append(blob)
+    return np.packbits(np.asarray(cells, bool), axis=-1)
+
+
+def frame_masks() -> TokenPacket:
+    """(1.3) A segmentation detector's frame: 3 tracked detections with their masks, 6x16 cells each."""
+    rng = np.random.default_rng(30)
+    size = (640, 480)
+    dets = _detections(rng, 3, size, tracks=True)
+    return TokenPacket(
+        stream_id="cam0", frame_index=77, pts_s=3.08, size_wh=size, policy="file", dropped=0,
+        timestamps=Timestamps(T0 + 77, T0 + 78, T0 + 79, T0 + 80),
+        detections=dataclasses.replace(dets, mask_bits=_masks(rng, 3, (6, 16))),
+        models={"detector": "yolov8n-seg@0a1b2c3d4e5f"}, seq=80,
+    )
+
+
+def frame_masks_none_found() -> TokenPacket:
+    """(1.3) A segmentation detector that found nothing: det_mask of shape (0, 32, 4)."""
+    return TokenPacket(
+        stream_id="cam0", frame_index=78, pts_s=3.12, size_wh=(640, 480), policy="file", dropped=0,
+        timestamps=Timestamps(T0 + 81, T0 + 82, T0 + 83, T0 + 84),
+        detections=Detections.empty((32, 32)), models={"detector": "yolov8n-seg@0a1b2c3d4e5f"}, seq=81,
+    )
+
+
 def worked_example() -> TokenPacket:
     """The frame of the worked example in docs/protocol.md (not written as a vector: 197 KB)."""
     rng = np.random.default_rng(0)
@@ -374,7 +412,7 @@ def _with_header(parts: Parts, header: dict[str, Any], *buffers: bytes) -> Parts
 def _newer_minor() -> Parts:
     parts = _wire(frame_tracks_f32())
     header = _header(parts)
-    header["v"] = [1, 3]
+    header["v"] = [1, 4]
     header["future_field"] = {"unit": "lux", "values": [1, 2.5, None]}
     header["t_ns"]["exposure"] = 123  # an unknown timestamp too
     header["buffers"].append({"name": "depth", "dtype": "uint8", "shape": [2, 3]})
@@ -458,6 +496,20 @@ def _negative_code(parts: Parts) -> Parts:
     return [*parts[:at], values.tobytes(), *parts[at + 1:]]
 
 
+def _mask_descriptor(change: Callable[[dict[str, Any]], None]) -> Callable[[Parts], Parts]:
+    """The det_mask buffer's descriptor changed (its part resized to fit, so that only the rule at hand breaks)."""
+    def mutate(parts: Parts) -> Parts:
+        header = _header(parts)
+        at = [d["name"] for d in header["buffers"]].index("det_mask")
+        desc = header["buffers"][at]
+        change(desc)
+        size = int(np.prod(desc["shape"])) * {"uint8": 1, "int8": 1, "int16": 2}[desc["dtype"]]
+        part = (parts[at + 2] * 2)[:size]
+        buffers = [part if k == at else p for k, p in enumerate(parts[2:])]
+        return [parts[0], json.dumps(header, separators=(",", ":")).encode(), *buffers]
+    return mutate
+
+
 def _five_dims(parts: Parts) -> Parts:
     header = _header(parts)
     header["buffers"][-1]["shape"] = [1, *header["buffers"][-1]["shape"], 1]
@@ -488,6 +540,10 @@ VALID: dict[str, tuple[Callable[[], Message], str]] = {
                           "and 4 (code_index, code_values)"),
     "info_worker": (info_worker, "info (1.2): worker 1 and streams (every stream the publisher serves); "
                     "the encoder's info keys in use"),
+    "frame_masks": (frame_masks, "frame (1.3): 3 tracked detections with instance masks (det_mask (3, 6, 2): "
+                    "6x16 cells over each box, bit-packed, most significant bit first)"),
+    "frame_masks_none_found": (frame_masks_none_found, "frame (1.3): a segmentation detector found nothing: "
+                               "det_mask (0, 32, 4)"),
 }
 
 INVALID: dict[str, tuple[Callable[[], Message], Callable[[Parts], Parts], str, str]] = {
@@ -506,6 +562,14 @@ INVALID: dict[str, tuple[Callable[[], Message], Callable[[Parts], Parts], str, s
                                          "grid.kind key with a delta's buffers"),
     "invalid_grid_kind": (frame_grid_key, _grid_kind_full, "grid", "grid.kind is \"full\": not key, delta or skip"),
     "invalid_code_negative": (frame_codes_delta, _negative_code, "grid", "(1.2) code_values holds -1"),
+    "invalid_mask_rows": (frame_masks, _mask_descriptor(lambda d: d.update(shape=[2, 6, 2])), "detections",
+                          "(1.3) det_mask has 2 rows for 3 detections"),
+    "invalid_mask_dtype": (frame_masks, _mask_descriptor(lambda d: d.update(dtype="int8")), "detections",
+                           "(1.3) det_mask is int8, not uint8"),
+    "invalid_mask_no_columns": (frame_masks, _mask_descriptor(lambda d: d.update(shape=[3, 6, 0])), "detections",
+                                "(1.3) det_mask has shape (3, 6, 0): rows of no byte"),
+    "invalid_mask_two_dims": (frame_masks, _mask_descriptor(lambda d: d.update(shape=[3, 12])), "detections",
+                              "(1.3) det_mask has 2 dimensions"),
     "invalid_damaged_not_boolean": (frame_damaged, _set("damaged", 1), "field", "(1.2) damaged is 1, not a boolean"),
     "invalid_worker_negative": (info_worker, _set("worker", -1), "field", "(1.2) worker is -1"),
     "invalid_streams_bad_id": (info_worker, _set("streams", ["cam0", "caf\u00e9"]), "value",
@@ -524,7 +588,7 @@ def build() -> dict[str, Vector]:
                                       "content": content(message)})
     out["frame_newer_minor"] = (_newer_minor(), {
         "valid": True, "canonical": False,
-        "description": "frame_tracks_f32 as written by a version 1.3 writer: an unknown header field, an "
+        "description": "frame_tracks_f32 as written by a version 1.4 writer: an unknown header field, an "
                        "unknown t_ns key and an unknown buffer 'depth', all to be ignored",
         "content": content(frame_tracks_f32()),
     })

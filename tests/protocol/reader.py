@@ -1,4 +1,4 @@
-"""An independent decoder of frametok wire protocol 1.2, written from ``docs/protocol.md`` only.
+"""An independent decoder of frametok wire protocol 1.3, written from ``docs/protocol.md`` only.
 
 It deliberately does not import frametok: it checks that the document is enough to write a
 decoder, and that ``frametok.packet`` agrees with it. ``read(parts)`` returns the decoded content
@@ -33,7 +33,8 @@ DTYPES = {  # name -> little-endian numpy dtype
 POLICIES = ("file", "live")
 STATES = ("connecting", "online", "stalled", "reconnecting", "offline", "error")
 REASONS = ("end", "error", "stopped")
-DETECTION_DTYPES = {"det_xyxy": "float32", "det_score": "float32", "det_class": "int32", "det_track": "int32"}
+DETECTION_DTYPES = {"det_xyxy": "float32", "det_score": "float32", "det_class": "int32", "det_track": "int32",
+                    "det_mask": "uint8"}
 TOKEN_DTYPES = ("float16", "float32")
 GRID_KINDS = ("key", "delta", "skip")
 
@@ -209,7 +210,10 @@ def _frame(header: dict[str, Any], buffers: dict[str, np.ndarray[Any, Any]]) -> 
         names = [n for n in DETECTION_DTYPES if n in buffers]
         for name in names:
             arr = buffers[name]
-            if name != "det_xyxy" and arr.shape != (xyxy.shape[0],):
+            if name == "det_mask":  # (1.3) (N, mh, B), mh and B > 0
+                if arr.ndim != 3 or arr.shape[0] != xyxy.shape[0] or 0 in arr.shape[1:]:
+                    raise Malformed("detections", f"det_mask has shape {arr.shape}, det_xyxy {xyxy.shape}")
+            elif name != "det_xyxy" and arr.shape != (xyxy.shape[0],):
                 raise Malformed("detections", f"{name} has shape {arr.shape}, det_xyxy {xyxy.shape}")
             if arr.dtype != DTYPES[DETECTION_DTYPES[name]]:
                 raise Malformed("detections", f"{name} has dtype {arr.dtype}")
@@ -313,6 +317,32 @@ def _grid(header: dict[str, Any], buffers: dict[str, np.ndarray[Any, Any]]) -> d
     elif "patches" in buffers or delta_parts:
         raise Malformed("grid", "a skip update carries no patch buffers")
     return {"kind": kind, "n": n, "hw": [gh, gw]}
+
+
+def mask_area(content: dict[str, Any], i: int) -> int:
+    """(1.3, §5.3) The area in source-frame pixels of detection ``i``'s mask in a decoded frame's ``content``."""
+    width, height = content["size_wh"]
+    x1, y1, x2, y2 = (float(v) for v in content["buffers"]["det_xyxy"]["data"][i])
+    rows = content["buffers"]["det_mask"]["data"][i]  # mh rows of B bytes
+    mh, mw = len(rows), 8 * len(rows[0])
+
+    def cells(lo: float, hi: float, pixels: int, n: int) -> list[int]:
+        out = []
+        for p in range(pixels):
+            centre = p + 0.5
+            out.append(min(math.floor((centre - lo) * n / (hi - lo)), n - 1) if hi > lo and lo <= centre < hi
+                       else -1)
+        return out
+
+    cols, lines = cells(x1, x2, width, mw), cells(y1, y2, height, mh)
+    area = 0
+    for r in lines:
+        if r < 0:
+            continue
+        for c in cols:
+            if c >= 0 and rows[r][c // 8] >> (7 - c % 8) & 1:
+                area += 1
+    return area
 
 
 def read(parts: Sequence[bytes]) -> dict[str, Any]:

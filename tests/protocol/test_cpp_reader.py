@@ -133,6 +133,23 @@ def test_cpp_rejects_invalid_vector_with_its_code(decoded: dict[str, dict[str, A
     assert info.value.code == code
 
 
+def test_cpp_mask_areas_are_pythons(decoded: dict[str, dict[str, Any]]) -> None:
+    """(1.3) The C++ reader's mask areas (det_mask's pixels in the source frame, §5.3) are the SDK's and the
+    independent Python reader's, pixel for pixel in count."""
+    from frametok import decode
+
+    from .reader import mask_area
+
+    packet = decode(_parts(VECTORS / "frame_masks"))
+    assert isinstance(packet, TokenPacket) and packet.detections is not None
+    want = packet.detections.mask_areas(packet.size_wh).tolist()
+    assert len(want) == 3 and min(want) > 100
+    assert decoded["frame_masks"]["mask_areas"] == want
+    assert want == [mask_area(_expected("frame_masks")["content"], i) for i in range(3)]
+    assert decoded["frame_masks_none_found"]["mask_areas"] == []
+    assert "mask_areas" not in decoded["frame_detections_f16"]
+
+
 # --------------------------------------------------------------------------- (b) grid rebuilding
 
 

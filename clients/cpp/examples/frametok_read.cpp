@@ -13,7 +13,8 @@
 // --json: one JSON object per line: the decoded content in the form of the test vectors
 // (docs/protocol-vectors/README.md), buffers with dtype, shape and crc32 (and data with --data), and for
 // frames "patch_grid": the rebuilt full grid (dtype, shape, crc32, sum; null while out of sync), absent
-// when the frame has no patch tokens. "missed": messages of the stream missed just before this one.
+// when the frame has no patch tokens; (1.3) with instance masks, "mask_areas": each detection's mask area in
+// source-frame pixels (docs/protocol.md §5.3). "missed": messages of the stream missed just before this one.
 // A malformed message prints {"kind": "malformed", "error": <§9 code>, "detail": ...} and is skipped.
 //
 // --vector DIR...: decode test-vector folders (part-0.bin, part-1.bin, ...) in the order given, one line
@@ -62,9 +63,16 @@ json grid_json(const frametok::Grid& g, bool with_data) {
     return out;
 }
 
+json mask_areas(const frametok::Frame& f) {
+    json areas = json::array();
+    for (std::int64_t i = 0; i < f.detections(); ++i) areas.push_back(f.mask_area(static_cast<std::size_t>(i)));
+    return areas;
+}
+
 json event_json(const frametok::Reader::Event& ev, bool with_data) {
     json out = frametok::to_json(ev.message, with_data);
     if (const auto* f = std::get_if<frametok::Frame>(&ev.message)) {
+        if (f->buffer("det_mask")) out["mask_areas"] = mask_areas(*f);
         if (ev.grid) {
             out["patch_grid"] = grid_json(*ev.grid, with_data);
         } else if (f->grid) {
@@ -83,6 +91,10 @@ std::string event_text(const frametok::Reader::Event& ev) {
     if (const auto* f = std::get_if<frametok::Frame>(&ev.message)) {
         s << " " << f->frame << " pts " << (f->pts_s ? std::to_string(*f->pts_s) : std::string("-"));
         if (f->detections() >= 0) s << " detections " << f->detections();
+        if (f->buffer("det_mask")) {
+            s << " masks " << f->mask_hw().first << "x" << f->mask_hw().second << " areas";
+            for (std::int64_t i = 0; i < f->detections(); ++i) s << " " << f->mask_area(static_cast<std::size_t>(i));
+        }
         if (f->grid) s << " grid " << frametok::grid_kind_name(f->grid->kind) << " n=" << f->grid->n;
         if (ev.grid) {
             s << " patches " << ev.grid->gh << "x" << ev.grid->gw << "x" << ev.grid->dim << " crc32 "
@@ -131,6 +143,7 @@ int run_vectors(const std::vector<std::string>& dirs) {
             line["valid"] = true;
             line["content"] = frametok::to_json(ev.message, true);
             if (const auto* f = std::get_if<frametok::Frame>(&ev.message)) {
+                if (f->buffer("det_mask")) line["mask_areas"] = mask_areas(*f);
                 if (ev.grid) {
                     line["patch_grid"] = grid_json(*ev.grid, true);
                 } else if (f->grid) {

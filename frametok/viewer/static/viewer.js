@@ -91,6 +91,32 @@ function drawChart(canvas, def, history) {
   ctx.fillText(def.label + ": " + now, 3, h - 3);
 }
 
+// (1.3) a detection's mask: its mh x mw cells over the box (bit-packed, most significant bit first, base64),
+// filled translucent in the box's colour; returns the cells drawn
+function drawMask(ctx, det, color, sx, sy) {
+  const mask = det.mask;
+  if (!mask || !mask.bits_b64) return 0;
+  const [mh, mw] = mask.hw;
+  const bytes = atob(mask.bits_b64);
+  const [x1, y1, x2, y2] = det.xyxy;
+  const cw = (x2 - x1) / mw, ch = (y2 - y1) / mh;
+  let cells = 0;
+  ctx.save();
+  ctx.globalAlpha = 0.4;
+  ctx.fillStyle = color;
+  for (let r = 0; r < mh; r++) {
+    for (let c = 0; c < mw; c++) {
+      if ((bytes.charCodeAt(r * (mw / 8) + (c >> 3)) >> (7 - (c & 7))) & 1) {
+        const x = (x1 + c * cw) * sx, y = (y1 + r * ch) * sy;
+        ctx.fillRect(x, y, (x1 + (c + 1) * cw) * sx - x, (y1 + (r + 1) * ch) * sy - y);
+        cells++;
+      }
+    }
+  }
+  ctx.restore();
+  return cells;
+}
+
 function drawFrame(s, snap, image) {
   const frame = snap.frame;
   const [sw, sh] = frame.size_wh;
@@ -104,6 +130,7 @@ function drawFrame(s, snap, image) {
   const sx = cw / sw, sy = ch / sh;
   const dets = frame.detections || [];
   const colors = [];
+  const maskCells = dets.map((det) => drawMask(ctx, det, colorFor(det), sx, sy));
   ctx.lineWidth = 3;
   ctx.font = "bold 11px system-ui, sans-serif";
   ctx.textBaseline = "top";
@@ -122,7 +149,7 @@ function drawFrame(s, snap, image) {
   }
   const now = Date.now();
   window.frametokDrawn[s.id] = {
-    frame: frame.frame, seq: frame.seq, size_wh: frame.size_wh, detections: dets, colors,
+    frame: frame.frame, seq: frame.seq, size_wh: frame.size_wh, detections: dets, colors, mask_cells: maskCells,
     preview: Boolean(image), canvas_wh: [cw, ch], t_capture_ms: frame.t_capture_ms,
     t_publish_ms: frame.t_publish_ms, drawn_at_ms: now,
   };

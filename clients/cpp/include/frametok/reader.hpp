@@ -1,4 +1,4 @@
-// frametok/reader.hpp: a header-only C++17 reader of the frametok wire protocol (version 1.2),
+// frametok/reader.hpp: a header-only C++17 reader of the frametok wire protocol (version 1.3),
 // written from docs/protocol.md.
 //
 //   frametok::decode(parts)      one multipart message -> a typed message (Frame / Status / Eos / Info),
@@ -9,6 +9,8 @@
 //   frametok::Reader             all three per stream, plus which streams have ended
 //   frametok::to_json(message)   the decoded content in the language-neutral form of the test vectors
 //                                (docs/protocol-vectors/README.md)
+//   Frame::mask_cell / frame_mask / mask_area   (1.3) a detection's instance mask (det_mask, §5.3): its cells,
+//                                its pixels in the source frame, their count
 //
 // Only nlohmann/json is needed (the transport, ZeroMQ, is the caller's: see examples/frametok_read.cpp).
 // Parts are anything with data() and size() (std::string, std::vector<uint8_t>, zmq::message_t).
@@ -22,6 +24,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -41,7 +44,7 @@ namespace frametok {
 using json = nlohmann::json;
 
 inline constexpr int kMajor = 1;
-inline constexpr int kMinor = 2;
+inline constexpr int kMinor = 3;
 inline constexpr std::size_t kMaxHeaderBytes = 1048576;
 inline constexpr std::size_t kMaxBuffers = 64;
 inline constexpr std::size_t kMaxNdim = 4;
@@ -245,6 +248,56 @@ struct Frame {
     std::int64_t detections() const {
         const Buffer* b = buffer("det_xyxy");
         return b ? static_cast<std::int64_t>(b->shape[0]) : -1;
+    }
+
+    /// (1.3, §5.3) The (mh, mw) cells of each detection's mask; (0, 0) without det_mask.
+    std::pair<std::int64_t, std::int64_t> mask_hw() const {
+        const Buffer* m = buffer("det_mask");
+        if (!m) return {0, 0};
+        return {static_cast<std::int64_t>(m->shape[1]), 8 * static_cast<std::int64_t>(m->shape[2])};
+    }
+    /// Cell (r, c) of detection i's mask: bit 7 - c % 8 of byte (i * mh + r) * B + c / 8.
+    bool mask_cell(std::size_t i, std::int64_t r, std::int64_t c) const {
+        const Buffer& m = *buffer("det_mask");
+        const std::size_t bytes = static_cast<std::size_t>(m.shape[2]);
+        const std::size_t at = (i * static_cast<std::size_t>(m.shape[1]) + static_cast<std::size_t>(r)) * bytes +
+                               static_cast<std::size_t>(c / 8);
+        return (m.bytes[at] >> (7 - c % 8)) & 1u;
+    }
+    /// Each pixel's cell along one axis of a box [lo, hi) (-1: its centre is outside), exactly as §5.3 computes it.
+    static std::vector<std::int64_t> mask_cells_along(double lo, double hi, std::int64_t pixels, std::int64_t cells) {
+        std::vector<std::int64_t> out(static_cast<std::size_t>(pixels), -1);
+        if (!(hi > lo)) return out;
+        for (std::int64_t p = 0; p < pixels; ++p) {
+            const double centre = static_cast<double>(p) + 0.5;
+            if (!(centre >= lo && centre < hi)) continue;
+            const double t = (centre - lo) * static_cast<double>(cells) / (hi - lo);
+            out[static_cast<std::size_t>(p)] = std::min(static_cast<std::int64_t>(std::floor(t)), cells - 1);
+        }
+        return out;
+    }
+    /// Detection i's mask in source-frame pixels: height x width bytes, row-major, 1 where the mask is.
+    std::vector<std::uint8_t> frame_mask(std::size_t i) const {
+        std::vector<std::uint8_t> out(static_cast<std::size_t>(width * height), 0);
+        const auto [mh, mw] = mask_hw();
+        const Buffer& xyxy = *buffer("det_xyxy");
+        const auto cols = mask_cells_along(xyxy.f64(4 * i), xyxy.f64(4 * i + 2), width, mw);
+        const auto rows = mask_cells_along(xyxy.f64(4 * i + 1), xyxy.f64(4 * i + 3), height, mh);
+        for (std::int64_t y = 0; y < height; ++y) {
+            const std::int64_t r = rows[static_cast<std::size_t>(y)];
+            if (r < 0) continue;
+            for (std::int64_t x = 0; x < width; ++x) {
+                const std::int64_t c = cols[static_cast<std::size_t>(x)];
+                if (c >= 0 && mask_cell(i, r, c)) out[static_cast<std::size_t>(y * width + x)] = 1;
+            }
+        }
+        return out;
+    }
+    /// The number of detection i's pixels (its mask area, §5.3).
+    std::int64_t mask_area(std::size_t i) const {
+        std::int64_t n = 0;
+        for (std::uint8_t v : frame_mask(i)) n += v;
+        return n;
     }
 };
 
@@ -649,11 +702,17 @@ inline Frame parse_frame(const json& h, std::map<std::string, Buffer>&& bufs) {
         if (xyxy.ndim() != 2 || xyxy.shape[1] != 4) throw Malformed("detections", "det_xyxy must be (N, 4)");
         const std::pair<const char*, DType> dets[] = {
             {"det_xyxy", DType::float32}, {"det_score", DType::float32},
-            {"det_class", DType::int32}, {"det_track", DType::int32}};
+            {"det_class", DType::int32}, {"det_track", DType::int32}, {"det_mask", DType::uint8}};
         for (const auto& [name, want] : dets) {
             auto b = bufs.find(name);
             if (b == bufs.end()) continue;
-            if (std::string(name) != "det_xyxy" && (b->second.ndim() != 1 || b->second.shape[0] != xyxy.shape[0])) {
+            if (std::string(name) == "det_mask") {  // (1.3) (N, mh, B), mh and B > 0 (§5.3)
+                const Buffer& m = b->second;
+                if (m.ndim() != 3 || m.shape[0] != xyxy.shape[0] || m.shape[1] == 0 || m.shape[2] == 0) {
+                    throw Malformed("detections", "det_mask must be (N, mh, B) with N of det_xyxy, mh and B > 0");
+                }
+            } else if (std::string(name) != "det_xyxy" &&
+                       (b->second.ndim() != 1 || b->second.shape[0] != xyxy.shape[0])) {
                 throw Malformed("detections", std::string(name) + " must be (N,) with N of det_xyxy");
             }
             if (b->second.dtype != want) throw Malformed("detections", std::string(name) + " has the wrong dtype");
