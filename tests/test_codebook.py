@@ -17,7 +17,9 @@ from frametok.grid import GridDecompressor, GridUpdate
 from frametok.models.codebook import Codebook, code_histogram, codebook_paths, fit_codebook, load_codebook
 from frametok.models.encoder import Encoder
 from frametok.models.session import create_session
-from frametok.packet import TokenPacket, _decode_fast, _decode_reference, decode, encode
+from frametok.packet import TokenPacket, decode, encode
+from frametok.packet._decode import _decode_reference
+from frametok.packet._fast import _decode_fast
 from frametok.registry import resolve_model
 from frametok.streamer.source.decode import decode_frames
 

@@ -129,7 +129,8 @@ import zmq  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from frametok.packet import _decode_fast, _decode_reference, _Slow  # noqa: E402
+from frametok.packet._decode import _decode_reference  # noqa: E402
+from frametok.packet._fast import _decode_fast, _Slow  # noqa: E402
 from tests.protocol import make_vectors  # noqa: E402
 from tests.protocol.test_fuzz import FUZZ, mutated, random_headers, valid_messages  # noqa: E402
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from frametok import ProtocolError, TokenPacket, decode, encode
-from frametok.packet import _decode_fast, _decode_reference
+from frametok.packet._decode import _decode_reference
+from frametok.packet._fast import _decode_fast
 
 
 def _packet(reused: bool) -> TokenPacket:

@@ -441,7 +441,7 @@ def test_largest_header_is_parsed_in_bounded_memory() -> None:
 
 # --------------------------------------------------------------------------- known decode() bugs
 # Minimal examples the fuzzing found: decode() raises something else than ProtocolError. They fail
-# until frametok/packet.py is fixed (see the report of the protocol tests).
+# until frametok/packet/ is fixed (see the report of the protocol tests).
 
 
 def _frame_header(**fields: Any) -> dict[str, Any]:

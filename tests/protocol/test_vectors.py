@@ -247,7 +247,8 @@ def test_the_documented_rule_codes_cover_the_vectors() -> None:
 
 
 def test_the_document_lists_the_writers_enumerations() -> None:
-    from frametok.packet import _DTYPES, END_REASONS, MAX_BUFFERS, MAX_HEADER_BYTES, MAX_NDIM, STATUS_STATES
+    from frametok.packet import END_REASONS, MAX_BUFFERS, MAX_HEADER_BYTES, MAX_NDIM, STATUS_STATES
+    from frametok.packet._messages import _DTYPES
 
     doc = _doc()
     for word in (*_DTYPES, *END_REASONS, *STATUS_STATES):
