@@ -261,6 +261,8 @@ def cmd_export_yolo(args: argparse.Namespace) -> int:
     from .exporters import export_yolo
 
     weights = Path(args.weights)
+    if args.neck and (args.half or args.int8):
+        raise ConfigError("export yolo: --neck adds an output to the fp32 graph only; export it without --half/--int8")
     if weights.suffix == ".onnx":
         from .models.describe import describe_ultralytics_onnx
         from .models.manifest import write_manifest
@@ -284,13 +286,26 @@ def cmd_export_yolo(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ConfigError(f"cannot write the manifest beside {target} ({exc}); give --out DIR") from exc
         print(f"wrote {path} for {target}")
-        _add_variants(locate_model(path), args)
+        _add_variants(_with_neck(locate_model(path), args, None), args)
         return EXIT_OK
     files = export_yolo(weights if weights.exists() else args.weights, Path(args.out), imgsz=args.imgsz,
                         name=args.name, check=not args.no_check, end2end=True if args.end2end else None)
     print(f"wrote {files.onnx_path} and {files.manifest_path}; parity: {files.manifest.parity}")
-    _add_variants(files, args)
+    _add_variants(_with_neck(files, args, weights), args)
     return EXIT_OK
+
+
+def _with_neck(files: Any, args: argparse.Namespace, weights: Path | None) -> Any:
+    """``--neck LEVEL``: the neck feature map added as a graph output (checked against PyTorch given a .pt)."""
+    if not args.neck:
+        return files
+    from .exporters.neck import add_neck
+
+    files = add_neck(files, args.neck, weights=weights if weights is not None and weights.exists() else None)
+    neck = files.manifest.neck
+    print(f"added the neck output {neck.output_name} ({neck.level}: {neck.channels} channels, stride {neck.stride}) "
+          f"to {files.onnx_path}; parity: {files.manifest.parity['neck']}")
+    return files
 
 
 def cmd_export_encoder(args: argparse.Namespace) -> int:
@@ -518,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     yolo.add_argument("--end2end", action="store_true",
                       help="export the NMS-free one-to-one head (YOLO26, YOLOv10: output (N, 300, 6)) instead of "
                       "Ultralytics' default one-to-many head")
+    yolo.add_argument("--neck", metavar="LEVEL", choices=("P3", "P4", "P5"),
+                      help="also output the neck feature map that feeds the head at LEVEL (P3/P4/P5: stride 8/16/32), "
+                      "for `encoder: {model: detector}` (soft tokens from the detector's own pass)")
     _half_flags(yolo)
     yolo.set_defaults(func=cmd_export_yolo)
     enc = exp_sub.add_parser("encoder", help="timm model name, or an encoder .onnx that needs a manifest")

@@ -14,6 +14,7 @@ from .errors import ConfigError
 from .packet import validate_stream_id
 
 __all__ = [
+    "DETECTOR_AS_ENCODER",
     "Config",
     "CurveConfig",
     "DetectorConfig",
@@ -208,8 +209,16 @@ class QueryConfig(_Frozen):
         return self
 
 
+DETECTOR_AS_ENCODER = "detector"  # encoder.model: the detector's neck feature map is the patch grid
+
+
 class EncoderConfig(_Frozen):
-    model: str = Field("dinov2_vits14", min_length=1)
+    model: str = Field(
+        "dinov2_vits14", min_length=1,
+        description="the encoder (a name or .onnx path); 'detector': the detector's own neck feature map (its "
+        "manifest's neck output, `frametok export yolo WEIGHTS.pt --neck P5`) is the patch grid, cropped to the "
+        "cells over the image: hard and soft tokens from one model pass",
+    )
     dtype: Literal["float16", "float32"] = Field("float16", description="wire precision of soft tokens")
     patches: bool = Field(True, description="send the patch grid (else context and content tokens only)")
     pool: int = Field(1, ge=0, le=64, description="content tokens: the grid average-pooled to pool x pool (0: off)")
@@ -236,6 +245,11 @@ class EncoderConfig(_Frozen):
         if len(set(names)) != len(names):
             raise ValueError(f"query names must be unique, got {names}")
         return value
+
+    @property
+    def from_detector(self) -> bool:
+        """Whether the soft tokens come from the detector's neck (``model: detector``), not an encoder of their own."""
+        return self.model == DETECTOR_AS_ENCODER
 
     @model_validator(mode="after")
     def _codes_travel_with_the_grid(self) -> EncoderConfig:
@@ -392,6 +406,9 @@ class Config(_Frozen):
             raise ValueError(f"duplicate source ids: {dupes}")
         if self.detector is None and self.encoder is None:
             raise ValueError("nothing to compute: both detector and encoder are null")
+        if self.encoder is not None and self.encoder.from_detector and self.detector is None:
+            raise ValueError("encoder.model: 'detector' takes the soft tokens from the detector's neck, but "
+                             "detector is null")
         return self
 
     def ring_slots(self, source: SourceConfig) -> int:

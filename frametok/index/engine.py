@@ -139,7 +139,8 @@ class FrameEngine:
         yield Chunk("info", class_names=self.info.class_names(), models=models)
         dim, content = token_dims(models)
         ec = self.config.encoder
-        soft = SoftTokenStream(ec, self.loaded.queries) if self.loaded.encoder is not None and ec else None
+        soft = (SoftTokenStream(ec, self.loaded.queries)
+                if (self.loaded.encoder is not None or self.loaded.neck is not None) and ec else None)
         codes = GridDecompressor() if soft is not None and soft.codebook is not None else None
         rows = FrameRows(job.video_id, fps=job.fps, dim=dim, content_tokens=content, track_offset=job.track_offset,
                          codes=codes is not None)
@@ -198,7 +199,12 @@ class FrameEngine:
                 enc.preprocess(frame.frame_rgb, self._enc_t[m])
                 row, m = m, m + 1
             enc_rows.append(row)
-        raw = infer_groups(det.infer, self._det_t, groups) if det is not None and self._det_t is not None else None
+        neck, maps = self.loaded.neck, None
+        raw = infer_groups(det.infer, self._det_t, groups) if det is not None and self._det_t is not None and \
+            neck is None else None
+        if neck is not None and self._det_t is not None:  # encoder.model detector: both from one pass
+            both = infer_groups(neck.infer, self._det_t, groups)
+            raw, maps = [b[0] for b in both], [b[1] for b in both]
         encoded = enc.split(enc.infer(self._enc_t[:m])) if m and enc is not None and self._enc_t is not None else None
         t_infer = time.time_ns()
         out: list[TokenPacket] = []
@@ -211,8 +217,11 @@ class FrameEngine:
             tokens = SoftTokens()
             if soft is not None:
                 row = enc_rows[i]
-                tokens = (soft.encoded(encoded.context[row], encoded.patches[row])
-                          if row >= 0 and encoded is not None else soft.skip())
+                if maps is not None and neck is not None:
+                    tokens = soft.encoded(*neck.grid(maps[i], letterboxes[i]))
+                else:
+                    tokens = (soft.encoded(encoded.context[row], encoded.patches[row])
+                              if row >= 0 and encoded is not None else soft.skip())
             h, w = frame.frame_rgb.shape[:2]
             out.append(TokenPacket(
                 stream_id=job.stream, frame_index=frame.index, pts_s=frame.pts_s, size_wh=(w, h), policy="file",

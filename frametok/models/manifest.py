@@ -29,6 +29,7 @@ __all__ = [
     "Letterbox",
     "Manifest",
     "MaskHead",
+    "NeckOutput",
     "WeightsSource",
     "detector_output_problem",
     "expected_detector_output",
@@ -106,6 +107,19 @@ class MaskHead(_Frozen):
 
     output_name: str = Field(min_length=1, description="the prototypes' graph output")
     coefficients: int = Field(gt=0, description="prototypes per image, and coefficients per detection")
+
+
+class NeckOutput(_Frozen):
+    """An extra graph output of a detector: one of the neck's feature maps that feed its head (YOLOv8's P3/P4/P5,
+    the inputs of its Detect module), ``(N, channels, H / stride, W / stride)`` (NCHW) for an ``(N, 3, H, W)``
+    input. The runtime reads it as the frame's patch grid (``encoder: {model: detector}``: hard and soft tokens
+    from one model pass; :mod:`frametok.models.neck`). Added by ``frametok export yolo ... --neck P5``."""
+
+    output_name: str = Field(min_length=1, description="the feature map's graph output")
+    level: str = Field(pattern=r"^P[0-9]$", description="which of the head's inputs: P3 (stride 8) .. P5 (32)")
+    layout: Literal["NCHW"] = "NCHW"
+    channels: int = Field(gt=0)
+    stride: int = Field(ge=1, le=1024, description="input pixels per feature-map cell")
 
 
 class _ManifestBase(_Frozen):
@@ -188,6 +202,7 @@ class DetectorManifest(_ManifestBase):
     output_format: DetectorHead = "yolov8"
     class_names: list[str] = Field(min_length=1)
     masks: MaskHead | None = None
+    neck: NeckOutput | None = None  # a neck feature map as an extra output (the soft-token grid)
 
     @model_validator(mode="after")
     def _masks_fit_the_head(self) -> DetectorManifest:

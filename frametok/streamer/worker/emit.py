@@ -98,7 +98,7 @@ class Emitter:
         self.model_time_s += out.detector_s + out.encoder_s
         if self.on_batch is not None:
             self.on_batch(n, out.detector_s if self.models.detector is not None else None,
-                          out.encoder_s if enc is not None else None)
+                          out.encoder_s if enc is not None else None)  # a neck: one model pass, the detector's
         t_infer = time.time_ns()
         for i, item in enumerate(batch.frames):
             notice = item.notice
@@ -108,6 +108,8 @@ class Emitter:
                 self._force_key_if_due(notice.stream_id, st)
                 if item.encoder_row >= 0 and enc is not None:
                     soft = st.soft.encoded(enc.context[item.encoder_row], enc.patches[item.encoder_row])
+                elif self.models.neck is not None and out.neck_maps is not None and item.detector_row >= 0:
+                    soft = st.soft.encoded(*self.models.neck.grid(out.neck_maps[item.detector_row], item.letterbox))
                 else:
                     soft = st.soft.skip(reused=item.reused)
             h, w = item.ring.spec.shape_hwc[:2]

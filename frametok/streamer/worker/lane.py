@@ -23,6 +23,7 @@ import numpy as np
 
 from ...models.detector import Detector, LetterboxInfo
 from ...models.encoder import EncodedFrames, Encoder
+from ...models.neck import NeckReader
 from ...models.shape_groups import ShapeGroups, ShapeTensors, infer_groups
 from ..ipc.notices import EndNotice, FrameNotice
 from ..ipc.ring import FrameRing
@@ -57,6 +58,7 @@ class Inference:
     encoded: EncodedFrames | None
     detector_s: float
     encoder_s: float
+    neck_maps: list[Any] | None = None  # encoder.model detector: each frame's neck map (C, h, w), by detector_row
 
 
 class BatchClock:
@@ -105,8 +107,9 @@ class Batch:
 class ModelLane:
     """Runs the detector and the encoder on one batch at a time, in a thread of its own."""
 
-    def __init__(self, detector: Detector | None, encoder: Encoder | None, max_batch: int) -> None:
-        self.detector, self.encoder = detector, encoder
+    def __init__(self, detector: Detector | None, encoder: Encoder | None, max_batch: int,
+                 neck: NeckReader | None = None) -> None:
+        self.detector, self.encoder, self.neck = detector, encoder, neck
         # without rect every frame has the manifest's input shape: made at once; with it, as the shapes come
         first = () if detector is None or detector.rect else (detector.input_hw,)
         self.det_tensors = [ShapeTensors(max_batch, first)
@@ -176,15 +179,18 @@ class ModelLane:
 
     def _run(self, tensors: int, groups: ShapeGroups, m: int) -> Inference:
         t0 = time.perf_counter()
-        raw = None
-        if groups.count and self.detector is not None and self.det_tensors is not None:
+        raw = maps = None
+        if groups.count and self.neck is not None and self.det_tensors is not None:  # one pass, both outputs
+            both = infer_groups(self.neck.infer, self.det_tensors[tensors], groups)
+            raw, maps = [b[0] for b in both], [b[1] for b in both]
+        elif groups.count and self.detector is not None and self.det_tensors is not None:
             raw = infer_groups(self.detector.infer, self.det_tensors[tensors], groups)
         t1 = time.perf_counter()
         enc = None
         if m and self.encoder is not None and self.enc_tensors is not None:
             enc = self.encoder.split(self.encoder.infer(self.enc_tensors[tensors][:m]))
         t2 = time.perf_counter()
-        return Inference(raw, enc, t1 - t0, t2 - t1)
+        return Inference(raw, enc, t1 - t0, t2 - t1, maps)
 
     def close(self) -> None:
         """Wait for the batch in the models, stop the thread and close the pipe. Safe to call twice."""

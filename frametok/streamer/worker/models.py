@@ -10,13 +10,14 @@ from ...errors import ConfigError
 from ...models.detector import Detector
 from ...models.encoder import Encoder
 from ...models.manifest import DetectorManifest
+from ...models.neck import NeckReader
 from ...models.session import ModelFiles, check_precision, create_session
 from ...models.soft_tokens import QueryBank
 from ...models.tracking import Tracker
 from ...registry import resolve_model
 from .queries import build_query_bank
 
-__all__ = ["LoadedModels", "Models", "detector_rect", "load_models", "prepare_models"]
+__all__ = ["LoadedModels", "Models", "check_neck", "detector_rect", "load_models", "prepare_models"]
 
 _DEFAULT_TRACK_FPS = 30.0  # the tracker's frame rate when the source gives none
 
@@ -27,6 +28,7 @@ class Models:
 
     detector: ModelFiles | None
     encoder: ModelFiles | None
+    neck: bool = False  # encoder.model: detector: the soft tokens come from the detector's neck output
 
 
 @dataclass
@@ -36,6 +38,7 @@ class LoadedModels:
     config: Config
     detector: Detector | None = None
     encoder: Encoder | None = None
+    neck: NeckReader | None = None  # encoder.model: detector (then ``encoder`` is None)
     queries: QueryBank | None = None
     ids: dict[str, str] = field(default_factory=dict)
     infos: dict[str, Any] = field(default_factory=dict)
@@ -62,13 +65,33 @@ def prepare_models(config: Config, models_dirs: tuple[str, ...] = ()) -> Models:
     """
     search = (*models_dirs, config.models_dir)
     det = resolve_model(config.detector.model, "detector", search) if config.detector else None
-    enc = resolve_model(config.encoder.model, "encoder", search) if config.encoder else None
+    neck = config.encoder is not None and config.encoder.from_detector
+    enc = resolve_model(config.encoder.model, "encoder", search) if config.encoder and not neck else None
     for files in (det, enc):
         if files is not None:
             check_precision(files, config.worker.precision)
     if det is not None and config.detector is not None:
         detector_rect(config.detector.rect, det)
-    return Models(det, enc)
+    if neck:
+        check_neck(config, det)
+    return Models(det, enc, neck)
+
+
+def check_neck(config: Config, det: ModelFiles | None) -> None:
+    """``encoder.model: detector`` needs a detector whose manifest has a neck output; queries (exemplars encoded
+    by an encoder) are not taken from it yet. A ConfigError naming the field otherwise."""
+    ec = config.encoder
+    if ec is None or not ec.from_detector:
+        return
+    man = det.manifest if det is not None else None
+    if not isinstance(man, DetectorManifest) or man.neck is None:
+        where = f"detector {man.name} ({det.manifest_path})" if det is not None and man is not None else "no detector"
+        raise ConfigError(f"encoder.model: 'detector' takes the soft tokens from the detector's neck output, but "
+                          f"{where} has none in its manifest: export it with `frametok export yolo WEIGHTS.pt "
+                          "--neck P5 --out DIR`, or name an encoder")
+    if ec.queries:
+        raise ConfigError("encoder.queries: not available with encoder.model 'detector' (queries are encoded by an "
+                          "encoder of their own); remove them or name an encoder")
 
 
 def detector_rect(rect: bool | None, files: ModelFiles) -> bool:
@@ -102,6 +125,8 @@ def load_models(config: Config, models: Models, device: int | None = None) -> Lo
         loaded.detector = Detector(models.detector.manifest, session,  # type: ignore[arg-type]
                                    dc.conf_threshold, dc.iou_threshold, dc.max_det,
                                    rect=detector_rect(dc.rect, models.detector))
+        if models.neck:
+            loaded.neck = NeckReader(loaded.detector)
     if models.encoder is not None and config.encoder is not None:
         session = create_session(models.encoder, wc.providers, wc.threads, precision=wc.precision,
                                  spin_wait=wc.spin_wait, device_id=device)
@@ -127,6 +152,14 @@ def _describe(loaded: LoadedModels) -> None:
             **enc.manifest.info(), "dtype": ec.dtype, "pool": ec.pool,
             "providers": list(enc.session.get_providers()), "precision": enc.precision,
             "queries": list(loaded.queries.names) if loaded.queries else [],
+            "compression": {"tau": ec.tau, "keyframe_interval": ec.keyframe_interval} if ec.compress else None,
+        }
+    if loaded.neck is not None and config.encoder is not None:
+        ec = config.encoder
+        loaded.ids["encoder"] = loaded.neck.info()["id"]
+        loaded.infos["encoder"] = {
+            **loaded.neck.info(), "dtype": ec.dtype, "pool": ec.pool, "precision": loaded.neck.detector.precision,
+            "providers": list(loaded.neck.detector.session.get_providers()), "queries": [],
             "compression": {"tau": ec.tau, "keyframe_interval": ec.keyframe_interval} if ec.compress else None,
         }
     if loaded.detector is not None and config.detector is not None and config.detector.tracker.enabled:

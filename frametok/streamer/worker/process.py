@@ -45,7 +45,7 @@ class _Worker:
         self.streams, resuming = make_streams(self.models, resume)
         self.infos = {s.id: StreamInfo(s.id, s.effective_policy, self.models.infos, worker=index)  # type: ignore[arg-type]
                       for s in config.sources}
-        self.lane = ModelLane(self.models.detector, self.models.encoder, config.worker.max_batch)
+        self.lane = ModelLane(self.models.detector, self.models.encoder, config.worker.max_batch, self.models.neck)
         self.ctx = zmq.Context()
         self.events_out = self.ctx.socket(zmq.PUSH)
         self.events_out.setsockopt(zmq.LINGER, 2000)

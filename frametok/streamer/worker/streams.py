@@ -38,7 +38,7 @@ def make_streams(models: LoadedModels, resume: WorkerResume | None) -> tuple[dic
     ec = config.encoder
     streams = {
         s.id: StreamState(s.id, s.effective_policy,
-                          soft=SoftTokenStream(ec, models.queries) if models.encoder and ec else None,
+                          soft=SoftTokenStream(ec, models.queries) if (models.encoder or models.neck) and ec else None,
                           tracker=models.tracker(s.fps),
                           motion=MotionGate(s.effective_motion_threshold)
                           if s.effective_motion_threshold and not (s.kind == "images" and not s.sequence) else None)
