@@ -41,9 +41,10 @@ fps is frames processed / wall time of the steady part, model loading and the fi
 ``--frames N`` uses the first N frames of the video (packets copied, not re-encoded: the decoding cost
 stays that of the original file; 0: all of it). ``--precision`` is passed to ``frametok run``
 (``auto``, ``fp32``, ``int8``, ...); the precision the worker reports using is in ``runs``.
-Known differences, both at the sides' defaults: Ultralytics letterboxes a 768x576 frame to 640x480
-(``rect``), frametok to 640x640 (issue 17 item 2); frametok's encoder skips frames that barely changed
-(``encoder.skip_threshold``, about 1% of vtest).
+Letterbox: Ultralytics letterboxes a 768x576 frame to 640x480 (``rect``); frametok does the same with a
+detector graph of dynamic height and width (``frametok export yolo yolov8n_coco.pt --out DIR``, then
+``--models DIR``; ``yolov8n_coco.pt`` must be in that folder too, for the peer) and squares it to 640x640
+with a fixed one (the shared ``yolov8n_coco.onnx``): the ``runs`` say which input frametok used.
 
     python bench/peers.py [--frames 200] [--threads 2] [--precision auto] [--rounds 2]
 """

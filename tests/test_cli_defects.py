@@ -1,4 +1,4 @@
-"""Command-line defects of issue 14: the echo line of a tracker, refused stream ids, ``models --models``,
+"""Command-line defects: the echo line of a tracker, refused stream ids, ``models --models``,
 a model asked for by its own file name, and a CLI piped into ``head``."""
 
 from __future__ import annotations

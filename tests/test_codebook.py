@@ -1,4 +1,4 @@
-"""Grid hard tokens (issue 13 item 5): a codebook fitted on DINOv2's patch tokens of vtest frames (the real
+"""Grid hard tokens: a codebook fitted on DINOv2's patch tokens of vtest frames (the real
 encoder from ../shared/models), codes on the wire (protocol 1.2: ``codes``, ``code_index``, ``code_values``,
 int16), both decode paths, the Subscriber's rebuilt code grid, and a run that publishes them."""
 

@@ -1,4 +1,4 @@
-"""Soft tokens from CNN feature maps (issue 13 item 3): timm CNNs exported with ``features_only`` as
+"""Soft tokens from CNN feature maps: timm CNNs exported with ``features_only`` as
 ``output_layout: nchw`` encoders, read as the same (gh, gw, D) patch grid as a ViT's.
 
 No pretrained CNN weights can be had offline here (timm downloads them from the Hugging Face hub), so every

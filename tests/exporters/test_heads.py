@@ -1,4 +1,4 @@
-"""Detector heads (issue 13 item 1): yolov8, end2end (YOLO26 / YOLOv10 one-to-one) and rtdetr, exported from
+"""Detector heads: yolov8, end2end (YOLO26 / YOLOv10 one-to-one) and rtdetr, exported from
 Ultralytics 8.4.190 model .yaml files and checked against Ultralytics' own predict.
 
 The weights are random-init (``yolo26n.yaml``, ``yolov10n.yaml``, ``rtdetr-l.yaml``): no pretrained weights
@@ -116,7 +116,7 @@ def test_describe_reads_the_end2end_head(yolo26_e2e: ModelFiles, tmp_path: Path)
 
 
 def _mislabelled(files: ModelFiles, folder: Path) -> Path:
-    """The end-to-end ONNX with a manifest that says ``yolov8`` (what describe wrote before issue 13)."""
+    """The end-to-end ONNX with a manifest that says ``yolov8`` (as describe once wrote for every head)."""
     folder.mkdir()
     onnx = folder / files.onnx_path.name
     shutil.copy2(files.onnx_path, onnx)

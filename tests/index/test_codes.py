@@ -1,4 +1,4 @@
-"""Code histograms in the index (issue 13 item 5): a codebook (k = 16) fitted here on the real DINOv2's patch
+"""Code histograms in the index: a codebook (k = 16) fitted here on the real DINOv2's patch
 tokens of vtest_small_3s; `frametok index` and `frametok record` store each frame's code histogram, and
 `frametok search --like-codes VIDEO:FRAME` ranks frames by histogram intersection with that frame's."""
 

@@ -1,4 +1,4 @@
-"""Delivery rules a subscriber written from docs/protocol.md alone can count on (protocol 1.2, issue 18):
+"""Delivery rules a subscriber written from docs/protocol.md alone can count on (protocol 1.2):
 
 * a lossless subscriber that grants no credit for ``lossless_timeout_s`` is dropped whatever else it
   sends (HELLO heartbeats do not keep it), and is not taken back on the same connection; at most

@@ -1,4 +1,4 @@
-"""Inputs as they come (issue 14): files the tests make themselves with PyAV, each a defect an independent
+"""Inputs as they come: files the tests make themselves with PyAV, each a defect an independent
 subscriber found: a complete variable-frame-rate AVI, packed B-frames, concealed damage, damaged images."""
 
 from __future__ import annotations

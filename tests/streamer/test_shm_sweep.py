@@ -1,5 +1,5 @@
 """A SIGKILLed ``frametok run`` (the OOM killer) leaves its rings in /dev/shm and its run folder in the temp
-directory; the next run sweeps them at start-up, and never sweeps what belongs to a live run (issue 18 item 6)."""
+directory; the next run sweeps them at start-up, and never sweeps what belongs to a live run."""
 
 from __future__ import annotations
 

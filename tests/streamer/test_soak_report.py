@@ -1,4 +1,4 @@
-"""bench/soak.py reports each process's peak RSS beside start and end (issue 18 item 5): a short soak of one
+"""bench/soak.py reports each process's peak RSS beside start and end: a short soak of one
 loopback camera through the detector."""
 
 from __future__ import annotations
