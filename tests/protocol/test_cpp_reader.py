@@ -243,13 +243,22 @@ class _Lines:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.lines: list[dict[str, Any]] = []
+        self.err: list[str] = []
+        # each pipe read by a thread of its own, and only by it (communicate() would also read stdout and
+        # take lines from under the pump: the tail of the output, the eos, went missing so)
         threading.Thread(target=self._pump, daemon=True).start()
+        self._err_pump = threading.Thread(target=self._pump_err, daemon=True)
+        self._err_pump.start()
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.queue.put(line)
         self.queue.put(None)
+
+    def _pump_err(self) -> None:
+        assert self.proc.stderr is not None
+        self.err.extend(self.proc.stderr)
 
     def first(self, timeout_s: float, run: subprocess.Popen[str]) -> dict[str, Any]:
         """Wait for its first line (it has joined the publisher), failing at once should ``run`` end first."""
@@ -270,9 +279,11 @@ class _Lines:
 
     def finish(self, timeout_s: float = 180) -> dict[str, Any]:
         """Wait for the exit; its summary (stderr)."""
-        _, err = self.proc.communicate(timeout=timeout_s)
-        while (line := self.queue.get(timeout=timeout_s)) is not None:
+        self.proc.wait(timeout=timeout_s)
+        while (line := self.queue.get(timeout=timeout_s)) is not None:  # stdout read to its end
             self.lines.append(json.loads(line))
+        self._err_pump.join(timeout_s)  # stderr read to its end
+        err = "".join(self.err)
         assert self.proc.returncode == 0, err
         return json.loads(err.strip().splitlines()[-1])
 
