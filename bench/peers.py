@@ -186,7 +186,9 @@ def _peer_main(args: argparse.Namespace) -> None:
         options.intra_op_num_threads = args.threads
         if args.no_spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(m["onnx_file"], options, providers=["CPUExecutionProvider"])
+        onnx = Path(m["onnx_file"])  # a manifest names its graph relative to itself
+        onnx = onnx if onnx.is_absolute() else args.manifest.parent / onnx
+        session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
         h, w = m["input_size_hw"]
         scale = np.float32(m["scale"])
         mean = np.asarray(m["mean"], np.float32)
