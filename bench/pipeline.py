@@ -4,7 +4,8 @@ Prints one JSON object. For each stream count (default 1, 2, 4) and worker count
 keyed ``STREAMSxWORKERS`` then), ``frametok run`` processes that many copies of the video in
 ``file`` mode (every frame) while a subscriber counts packets; its frames/s
 (first to last packet, start-up excluded) is compared with a hand-rolled loop over the same decoded
-frames: the same Detector/Encoder pre-processing, onnxruntime sessions, batch size and threads,
+frames: the same Detector/Encoder pre-processing (the rect letterbox too, when the detector graph takes any
+height and width, as the worker then does: ``detector_input_hw``), onnxruntime sessions, batch size and threads,
 without processes, shared memory or sockets. The raw loop runs right before and right after each
 pipeline run and ``ratio`` = pipeline / mean of those two (a shared machine's speed drifts over minutes).
 ``models_busy`` is the share of the worker's active time its models ran (from the run's summary).
@@ -63,14 +64,18 @@ def raw_fps(video: Path, models_dir: Path, max_batch: int, threads: int,
     from frametok.models.session import create_session
     from frametok.registry import resolve_model
     from frametok.streamer.source.decode import decode_frames
+    from frametok.streamer.worker.models import detector_rect
 
     det_files = resolve_model("yolov8n", "detector", [models_dir], allow_online=False)
     enc_files = resolve_model("dinov2_vits14", "encoder", [models_dir], allow_online=False)
     precision = precision or "auto"  # as the worker chooses
-    det = Detector(det_files.manifest, create_session(det_files, providers, threads, precision=precision))  # type: ignore[arg-type]
+    rect = detector_rect(None, det_files)  # the worker's default: the rect letterbox when the graph allows it
+    det = Detector(det_files.manifest, create_session(det_files, providers, threads, precision=precision),  # type: ignore[arg-type]
+                   rect=rect)
     enc = Encoder(enc_files.manifest, create_session(enc_files, providers, threads, precision=precision))  # type: ignore[arg-type]
     frames = [f.frame_rgb for f in decode_frames(str(video))]
-    det_batch = np.empty((max_batch, 3, *det.input_hw), np.float32)
+    det_hw = det.input_hw_for(frames[0].shape[:2]) if rect else det.input_hw  # the video's frames share a size
+    det_batch = np.empty((max_batch, 3, *det_hw), np.float32)
     enc_batch = np.empty((max_batch, 3, *enc.input_hw), np.float32)
     t_pre = t_det = t_enc = 0.0
     # warm-up
@@ -96,6 +101,7 @@ def raw_fps(video: Path, models_dir: Path, max_batch: int, threads: int,
     n = len(frames)
     return {
         "providers": det.session.get_providers()[0],
+        "detector_input_hw": list(det_hw),
         "frames": n,
         "fps": n / total,
         "models_only_fps": n / (t_det + t_enc),
