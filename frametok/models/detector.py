@@ -196,19 +196,19 @@ class Detector:
         (``(B, 4 + C, A)`` for a ``yolov8`` head, ``(B, K, 6)`` for ``end2end``, see :class:`DetectorManifest`),
         or for a segmentation head (manifest ``masks``) a :class:`~frametok.models.masks.SegmentOutput` of that
         and the prototypes; either way ``out[i]`` is image ``i``'s, for :meth:`postprocess`."""
-        man = self.manifest
-        step = len(batch) if man.batch == "dynamic" else int(man.batch)
-        if man.masks is not None:
-            parts = [SegmentOutput(*(np.asarray(o, np.float32) for o in self.runner.run_all(batch[i : i + step])))
-                     for i in range(0, len(batch), step)]
-            return parts[0] if len(parts) == 1 else SegmentOutput.concatenate(parts)
-        if man.batch == "dynamic" or batch.shape[0] == man.batch:
-            return np.asarray(self.runner(batch))
-        outs = [
-            self.runner(batch[i : i + step])
-            for i in range(0, batch.shape[0], step)
-        ]
-        return np.concatenate(outs, axis=0)
+        outs = self.run_outputs(batch)
+        return outs[0] if self.manifest.masks is None else SegmentOutput(outs[0], outs[1])
+
+    def run_outputs(self, batch: NDArray[np.float32], runner: SessionRunner | None = None) -> list[NDArray[np.float32]]:
+        """Every output ``runner`` (default: the detector's own: its output, and a segmentation head's prototypes)
+        gives for a preprocessed ``(B, 3, H, W)`` batch, in one session run per graph batch (a fixed-batch graph
+        runs in steps), each output joined over the steps."""
+        runner = runner or self.runner
+        step = len(batch) if self.manifest.batch == "dynamic" else int(self.manifest.batch)
+        parts = [runner.run_all(batch[i : i + step]) for i in range(0, len(batch), step)]
+        if len(parts) == 1:
+            return [np.asarray(o, np.float32) for o in parts[0]]
+        return [np.concatenate([np.asarray(p[j], np.float32) for p in parts]) for j in range(len(parts[0]))]
 
     def postprocess(self, output: ImageOutput, info: LetterboxInfo) -> Detections:
         """One image's raw output read as its head says (``output_format``), thresholded at ``conf_threshold``,

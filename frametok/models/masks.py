@@ -63,11 +63,6 @@ class SegmentOutput:
         """The detection output's shape (as a single-output head's array has)."""
         return tuple(self.preds.shape)
 
-    @staticmethod
-    def concatenate(parts: list[SegmentOutput]) -> SegmentOutput:
-        """One batch from consecutive ones (a fixed-batch graph run in steps)."""
-        return SegmentOutput(np.concatenate([p.preds for p in parts]), np.concatenate([p.protos for p in parts]))
-
 
 def _interp(coords: NDArray[np.float64], length: int) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
     """Bilinear taps of ``coords`` (prototype cells, centre-based) into an axis of ``length``: the lower tap

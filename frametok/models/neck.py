@@ -111,18 +111,12 @@ class NeckReader:
     def infer(self, batch: NDArray[np.float32]) -> NeckBatch:
         """Detector output and neck maps for a preprocessed ``(B, 3, H, W)`` batch, in one run per graph batch."""
         man = self.detector.manifest
-        step = len(batch) if man.batch == "dynamic" else int(man.batch)
-        parts = [[np.asarray(o, np.float32) for o in self.runner.run_all(batch[i : i + step])]
-                 for i in range(0, len(batch), step)]
-        maps = np.concatenate([p[-1] for p in parts]) if len(parts) > 1 else parts[0][-1]
+        outs = self.detector.run_outputs(batch, self.runner)
+        maps = outs[-1]
         if maps.ndim != 4 or maps.shape[1] != self.neck.channels:
             raise ModelError(f"detector {man.name}: neck output {self.neck.output_name!r} has shape "
                              f"{tuple(maps.shape)}, manifest says (N, {self.neck.channels}, h, w)")
-        if man.masks is not None:
-            seg = [SegmentOutput(p[0], p[1]) for p in parts]
-            return NeckBatch(seg[0] if len(seg) == 1 else SegmentOutput.concatenate(seg), maps)
-        raw = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-        return NeckBatch(raw, maps)
+        return NeckBatch(outs[0] if man.masks is None else SegmentOutput(outs[0], outs[1]), maps)
 
     def grid(self, feature_chw: NDArray[np.floating],
              info: LetterboxInfo | None) -> tuple[NDArray[np.float32], NDArray[np.float32]]:

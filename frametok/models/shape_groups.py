@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["ShapeGroups", "ShapeTensors", "frame_output", "infer_groups"]
+__all__ = ["ShapeGroups", "ShapeTensors", "infer_groups"]
 
 
 def _check_hw(shape_hw: tuple[int, int]) -> tuple[int, int]:
@@ -95,19 +95,14 @@ class ShapeGroups:
         return len(self.rows) > 1
 
 
-def frame_output(raw: Any, k: int) -> Any:
-    """Image ``k``'s part of what ``Detector.infer`` gave for a batch: ``raw[k]`` (row ``k`` of an array; a
-    segmentation head's output is indexed by image too)."""
-    return raw[k]
-
-
 def infer_groups(infer: Callable[[NDArray[np.float32]], Any], tensors: ShapeTensors,
                  groups: ShapeGroups) -> list[Any]:
     """Run ``infer`` once per input shape of ``groups`` on its rows of ``tensors``; each frame's output
-    (:func:`frame_output`), listed by the frame's index (the order the frames were added)."""
+    (``raw[k]``: an array's row, a segmentation head's or a neck pass's output are indexed by image too), listed
+    by the frame's index (the order the frames were added)."""
     out: list[Any] = [None] * groups.count
     for shape, indices in groups.rows.items():
         raw = infer(tensors.rows(shape, len(indices)))
         for k, index in enumerate(indices):
-            out[index] = frame_output(raw, k)
+            out[index] = raw[k]
     return out
