@@ -11,16 +11,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from frametok import EndOfStream, Subscriber, TokenPacket
+from frametok import EndOfStream, TokenPacket
 from frametok.config import Config
 from frametok.exporters.yolo import match_boxes
 from frametok.models.detector import Detector
 from frametok.models.manifest import DetectorManifest
 from frametok.models.session import ModelFiles, create_session
-from frametok.packet import Detections, Message
+from frametok.packet import Detections
 from frametok.streamer.source.decode import decode_frames
 
-from ..conftest import start_cli
+from .test_pipeline import run_and_collect
 
 WIDE_WH = (384, 216)  # 16:9 -> a 384x640 input (360 rows padded to a multiple of 32); vtest_small (4:3): 480x640
 
@@ -63,26 +63,13 @@ def _same(got: Detections, want: Detections, where: str) -> None:
         assert abs(float(want.score[m.ref]) - float(got.score[m.got])) <= 1e-3, (where, m)
 
 
-def _collect(args: list[str], endpoint: str) -> tuple[list[Message], str, int]:
-    with Subscriber(endpoint, timeout_s=600) as sub:
-        proc = start_cli("run", *args, "--publish", endpoint, "--wait-subscribers", "1", "--no-progress")
-        try:
-            messages = list(sub)
-            out, err = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        assert not sub.gaps, sub.gaps
-    return messages, out + err, proc.returncode
-
-
 def test_two_aspects_batch_together_each_at_its_own_input(
     shared_media: Path, wide_clip: Path, dynamic_yolo: ModelFiles, rect_detector: Detector, endpoint: str
 ) -> None:
     small = shared_media / "vtest_small_3s.mp4"
     assert rect_detector.input_hw_for((288, 384)) == (480, 640)
     assert rect_detector.input_hw_for((WIDE_WH[1], WIDE_WH[0])) == (384, 640)
-    messages, output, code = _collect(
+    messages, output, code = run_and_collect(
         ["--source", f"small={small}", "--source", f"wide={wide_clip}", "--detector", str(dynamic_yolo.onnx_path),
          "--encoder", "none", "--no-track", "--max-batch", "4", "--threads", "2"], endpoint)
     assert code == 0, output
