@@ -20,7 +20,8 @@ import numpy as np
 
 from ..errors import SourceError
 from ..grid import GridDecompressor
-from ..models.shape_groups import ShapeGroups, ShapeTensors, infer_groups
+from ..models.neck import detect_groups
+from ..models.shape_groups import ShapeGroups, ShapeTensors
 from ..packet import StreamInfo, Timestamps, TokenPacket
 from ..streamer.source.decode import DecodedFrame, decode_frames
 from ..streamer.worker.models import LoadedModels, Models, load_models
@@ -199,12 +200,9 @@ class FrameEngine:
                 enc.preprocess(frame.frame_rgb, self._enc_t[m])
                 row, m = m, m + 1
             enc_rows.append(row)
-        neck, maps = self.loaded.neck, None
-        raw = infer_groups(det.infer, self._det_t, groups) if det is not None and self._det_t is not None and \
-            neck is None else None
-        if neck is not None and self._det_t is not None:  # encoder.model detector: both from one pass
-            both = infer_groups(neck.infer, self._det_t, groups)
-            raw, maps = [b[0] for b in both], [b[1] for b in both]
+        neck, raw, maps = self.loaded.neck, None, None
+        if det is not None and self._det_t is not None:
+            raw, maps = detect_groups(det, neck, self._det_t, groups)
         encoded = enc.split(enc.infer(self._enc_t[:m])) if m and enc is not None and self._enc_t is not None else None
         t_infer = time.time_ns()
         out: list[TokenPacket] = []

@@ -21,8 +21,9 @@ from ..errors import ModelError
 from .detector import Detector, DetectorOutput, LetterboxInfo
 from .masks import SegmentOutput
 from .session import SessionRunner
+from .shape_groups import ShapeGroups, ShapeTensors, infer_groups
 
-__all__ = ["NeckBatch", "NeckReader", "image_cells", "neck_grid"]
+__all__ = ["NeckBatch", "NeckReader", "detect_groups", "image_cells", "neck_grid"]
 
 
 @dataclass(frozen=True)
@@ -131,3 +132,13 @@ class NeckReader:
                 "grid_hw": list(self.grid_hw_for(man.input_size_hw)), "embed_dim": self.neck.channels,
                 "context": "mean", "output_layout": "neck",
                 "neck": {"level": self.neck.level, "stride": self.neck.stride, "crop": self.crop}}
+
+
+def detect_groups(detector: Detector, neck: NeckReader | None, tensors: ShapeTensors,
+                  groups: ShapeGroups) -> tuple[list[Any], list[Any] | None]:
+    """A batch through the detector, one session run per input shape: each frame's raw output and, with a
+    ``neck`` (``encoder.model: detector``), its neck map from the same pass; both by the frame's detector row."""
+    if neck is None:
+        return infer_groups(detector.infer, tensors, groups), None
+    both = infer_groups(neck.infer, tensors, groups)
+    return [b[0] for b in both], [b[1] for b in both]

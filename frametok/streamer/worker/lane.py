@@ -23,8 +23,8 @@ import numpy as np
 
 from ...models.detector import Detector, LetterboxInfo
 from ...models.encoder import EncodedFrames, Encoder
-from ...models.neck import NeckReader
-from ...models.shape_groups import ShapeGroups, ShapeTensors, infer_groups
+from ...models.neck import NeckReader, detect_groups
+from ...models.shape_groups import ShapeGroups, ShapeTensors
 from ..ipc.notices import EndNotice, FrameNotice
 from ..ipc.ring import FrameRing
 
@@ -180,11 +180,8 @@ class ModelLane:
     def _run(self, tensors: int, groups: ShapeGroups, m: int) -> Inference:
         t0 = time.perf_counter()
         raw = maps = None
-        if groups.count and self.neck is not None and self.det_tensors is not None:  # one pass, both outputs
-            both = infer_groups(self.neck.infer, self.det_tensors[tensors], groups)
-            raw, maps = [b[0] for b in both], [b[1] for b in both]
-        elif groups.count and self.detector is not None and self.det_tensors is not None:
-            raw = infer_groups(self.detector.infer, self.det_tensors[tensors], groups)
+        if groups.count and self.detector is not None and self.det_tensors is not None:
+            raw, maps = detect_groups(self.detector, self.neck, self.det_tensors[tensors], groups)
         t1 = time.perf_counter()
         enc = None
         if m and self.encoder is not None and self.enc_tensors is not None:
