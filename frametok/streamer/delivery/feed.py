@@ -109,12 +109,10 @@ class HubFeed:
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until the hub holds every message sent (it acked them all). A worker that exited sooner
         could leave its last messages, the end-of-stream among them, unread in the hub's queue when the
-        run ends. False when stopped or past ``timeout_s``."""
+        run ends. False once stopped, or with ``timeout_s`` (a worker already stopping) once past it."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not self.all_acked:
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            if deadline is None and self.stop.is_set():
+            if self.stop.is_set() if deadline is None else time.monotonic() > deadline:
                 return False
             self.poll(_SEND_WAIT_MS)
             if self.on_wait is not None:
