@@ -258,6 +258,14 @@ class EncoderConfig(_Frozen):
                              "patches: true and compress: true")
         return self
 
+    @model_validator(mode="after")
+    def _nothing_to_skip_in_the_neck(self) -> EncoderConfig:
+        if self.from_detector and self.skip_threshold != 0.0:
+            raise ValueError(f"skip_threshold: {self.skip_threshold} has no effect with model 'detector': the soft "
+                             "tokens come from the detector's own pass, which runs on every frame anyway (skipping "
+                             "saves nothing); leave it at 0 or name an encoder")
+        return self
+
 
 class WorkerConfig(_Frozen):
     max_batch: int = Field(4, ge=1, le=256)

@@ -134,3 +134,24 @@ def test_cli_export_with_neck(shared_models: Path, tmp_path: Path) -> None:
     refused = run_cli("export", "yolo", str(shared_models / "yolov8n_coco.pt"), "--neck", "P5", "--half",
                       "--out", str(tmp_path / "half"))
     assert refused.returncode != 0 and "--neck" in refused.stderr
+
+
+def test_skip_threshold_is_refused_with_the_neck(synthetic_video: Path, tmp_path: Path) -> None:
+    """``encoder.skip_threshold`` skips the encoder on still frames; with the neck the detector runs on every frame
+    anyway, so it would save nothing: refused when the config is read, before anything starts, naming the field."""
+    from ..conftest import run_cli
+
+    base = {"sources": [{"id": "v", "uri": str(synthetic_video)}], "detector": {"model": "yolov8n"}}
+    with pytest.raises(ConfigError, match=r"encoder: .*skip_threshold: 0\.1 has no effect with model 'detector'.*"
+                                          r"runs on every frame anyway.*leave it at 0 or name an encoder"):
+        parse_config({**base, "encoder": {"model": "detector", "skip_threshold": 0.1}})
+    neck = parse_config({**base, "encoder": {"model": "detector", "skip_threshold": 0.0}}).encoder
+    assert neck is not None and neck.from_detector
+    own = parse_config({**base, "encoder": {"skip_threshold": 0.1}}).encoder
+    assert own is not None and own.skip_threshold == 0.1  # an encoder of its own: skipping saves its runs
+    config = tmp_path / "neck.yaml"
+    config.write_text(f"sources: [{{id: v, uri: '{synthetic_video}'}}]\n"
+                      "encoder: {model: detector, skip_threshold: 0.02}\n")
+    done = run_cli("run", str(config), timeout=60)
+    assert done.returncode != 0 and "skip_threshold: 0.02 has no effect" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and str(config) in done.stderr
