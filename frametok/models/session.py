@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -380,10 +381,11 @@ class SessionRunner:
         import onnxruntime as ort
 
         batch = np.ascontiguousarray(batch)
-        value = self._inputs.get(batch.shape)
+        key = (threading.get_ident(), *batch.shape)  # a buffer per thread: batches may run at once (in_flight)
+        value = self._inputs.get(key)
         if value is None:
             value = ort.OrtValue.ortvalue_from_shape_and_type(batch.shape, batch.dtype, self.device, 0)
-            self._inputs[batch.shape] = value
+            self._inputs[key] = value
         value.update_inplace(batch)
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(self.input_name, value)

@@ -59,11 +59,13 @@ class RunSummary:
     worker_frames: dict[str, int] = field(default_factory=dict)  # worker -> frames it ran through the models
     detector_inputs: dict[str, int] = field(default_factory=dict)  # "WxH" of the detector's input -> frames
     mixed_shape_batches: int = 0  # batches that ran the detector at more than one input shape (rect)
+    in_flight: int = 1  # the most batches a worker ran at once (worker.in_flight)
 
     @property
     def model_busy(self) -> float:
-        """Share of the workers' active time spent in the models (1.0: the models never waited)."""
-        span = self.active_s * max(1, self.workers)
+        """Share of the workers' active time spent in the models, of every batch place (1.0: the models never
+        waited)."""
+        span = self.active_s * max(1, self.workers) * self.in_flight
         return min(1.0, self.model_time_s / span) if span > 0 else 0.0
 
     @property
@@ -80,7 +82,8 @@ class RunSummary:
             f"in {self.seconds:.1f} s ({self.fps:.2f} fps); dropped {sum(self.dropped.values())}"
         )
         if self.batches:
-            text += f"; models busy {100 * self.model_busy:.0f}% (mean batch {self.total_packets / self.batches:.1f})"
+            text += f"; models busy {100 * self.model_busy:.0f}% (mean batch {self.total_packets / self.batches:.1f}"
+            text += f", {self.in_flight} in flight)" if self.in_flight > 1 else ")"
         if self.detector_inputs:
             text += "; detector input " + ", ".join(f"{wh} x{n}" for wh, n in sorted(self.detector_inputs.items()))
             if self.mixed_shape_batches:
@@ -311,6 +314,7 @@ def _apply(ev: EventNotice, summary: RunSummary) -> None:
         for wh, n in data.get("detector_inputs", {}).items():
             summary.detector_inputs[wh] = summary.detector_inputs.get(wh, 0) + int(n)
         summary.mixed_shape_batches += int(data.get("mixed_shape_batches", 0))
+        summary.in_flight = max(summary.in_flight, int(data.get("in_flight", 1)))
     elif ev.event == "progress" and ev.source == "hub":
         summary.packets.update({k: int(v) for k, v in data.get("streams", {}).items()})
 

@@ -99,7 +99,7 @@ class Gatherer:
                     break
                 if batch.frames and self._nothing_more_can_come(batch):
                     break
-                if self.lane.running is not None:
+                if self.lane.finished:
                     if not batch.frames:
                         break  # the models finished and nothing came meanwhile: publish what they made
                     # the batch may still fill: what the models made goes out meanwhile, not after
@@ -110,10 +110,12 @@ class Gatherer:
                 waiting = {n.stream_id for n in self.deferred if isinstance(n, FrameNotice)}
                 full = len(batch.frames) + len(waiting) >= wc.max_batch
                 poller, timeout_ms = (self.poll_models if full else self.poll_frames_or_models), 100
-            elif deadline is not None:
-                poller, timeout_ms = self.poll_frames, max(0, int((deadline - now) * 1000))
-            else:  # idle; frames waiting for their acknowledgement: look often
-                poller, timeout_ms = self.poll_frames, 2 if self.emitter.undelivered else 100
+            else:  # a batch still in the models (in_flight > 1): wake up when it finishes too
+                poller = self.poll_frames_or_models if self.lane.pending else self.poll_frames
+                if deadline is not None:
+                    timeout_ms = max(0, int((deadline - now) * 1000))
+                else:  # idle; frames waiting for their acknowledgement: look often
+                    timeout_ms = 2 if self.emitter.undelivered else 100
             ready = dict(poller.poll(timeout_ms))
             if self.lane.wake_fd in ready:
                 self.lane.drain_wake()

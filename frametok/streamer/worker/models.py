@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,13 +13,16 @@ from ...models.detector import Detector
 from ...models.encoder import Encoder
 from ...models.manifest import DetectorManifest
 from ...models.neck import NeckReader
-from ...models.session import ModelFiles, check_precision, create_session
+from ...models.session import ModelFiles, check_precision, create_session, resolve_providers
 from ...models.soft_tokens import QueryBank
 from ...models.tracking import Tracker
 from ...registry import resolve_model
 from .queries import build_query_bank
 
-__all__ = ["LoadedModels", "Models", "check_neck", "detector_rect", "load_models", "prepare_models"]
+__all__ = ["LoadedModels", "Models", "batches_in_flight", "check_neck", "detector_rect", "load_models",
+           "prepare_models"]
+
+log = logging.getLogger(__name__)
 
 _DEFAULT_TRACK_FPS = 30.0  # the tracker's frame rate when the source gives none
 
@@ -42,6 +47,7 @@ class LoadedModels:
     queries: QueryBank | None = None
     ids: dict[str, str] = field(default_factory=dict)
     infos: dict[str, Any] = field(default_factory=dict)
+    in_flight: int = 1  # batches the models run at once (worker.in_flight, resolved)
 
     def tracker(self, fps: float | None) -> Tracker | None:
         """A fresh tracker for a stream at ``fps`` (None without a detector or with tracking off)."""
@@ -113,14 +119,32 @@ def detector_rect(rect: bool | None, files: ModelFiles) -> bool:
     return rect
 
 
+def batches_in_flight(config: Config) -> int:
+    """``worker.in_flight`` resolved: auto is 2 when the sessions run on the CPU provider with at least 2
+    threads and every stream is a file (live streams keep the latency of one batch at a time), else 1."""
+    wc = config.worker
+    if isinstance(wc.in_flight, int):
+        return wc.in_flight
+    threads = wc.threads or os.cpu_count() or 1
+    providers = [p.lower() for p in wc.providers]
+    on_cpu = "torch" not in providers and resolve_providers(wc.providers)[:1] == ["CPUExecutionProvider"]
+    files_only = all(s.effective_policy == "file" for s in config.sources)
+    return 2 if on_cpu and threads >= 2 and files_only else 1
+
+
 def load_models(config: Config, models: Models, device: int | None = None) -> LoadedModels:
-    """Open the sessions of ``models`` as the config's worker section says (providers, threads, precision),
-    on accelerator ``device`` when one is given."""
+    """Open the sessions of ``models`` as the config's worker section says (providers, threads, precision,
+    batches in flight: each takes its share of the threads), on accelerator ``device`` when one is given."""
     wc = config.worker
     loaded = LoadedModels(config)
+    loaded.in_flight = batches_in_flight(config)
+    threads = wc.threads
+    if loaded.in_flight > 1:
+        threads = max(1, (wc.threads or os.cpu_count() or 1) // loaded.in_flight)
+        log.info("%d batches in flight, %d onnxruntime thread(s) each", loaded.in_flight, threads)
     if models.detector is not None and config.detector is not None:
         dc = config.detector
-        session = create_session(models.detector, wc.providers, wc.threads, precision=wc.precision,
+        session = create_session(models.detector, wc.providers, threads, precision=wc.precision,
                                  spin_wait=wc.spin_wait, device_id=device)
         loaded.detector = Detector(models.detector.manifest, session,  # type: ignore[arg-type]
                                    dc.conf_threshold, dc.iou_threshold, dc.max_det,
@@ -128,7 +152,7 @@ def load_models(config: Config, models: Models, device: int | None = None) -> Lo
         if models.neck:
             loaded.neck = NeckReader(loaded.detector)
     if models.encoder is not None and config.encoder is not None:
-        session = create_session(models.encoder, wc.providers, wc.threads, precision=wc.precision,
+        session = create_session(models.encoder, wc.providers, threads, precision=wc.precision,
                                  spin_wait=wc.spin_wait, device_id=device)
         loaded.encoder = Encoder(models.encoder.manifest, session)  # type: ignore[arg-type]
         if config.encoder.queries:

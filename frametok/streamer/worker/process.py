@@ -1,7 +1,8 @@
 """Worker process: gather ready frames across sources, run the models in batches, publish packets.
 
 The process wires its parts together and runs the loop: :class:`~.gather.Gatherer` fills a batch while
-:class:`~.lane.ModelLane` runs the one before and :class:`~.emit.Emitter` publishes the one before that.
+:class:`~.lane.ModelLane` runs the ones before (one, or ``worker.in_flight``) and :class:`~.emit.Emitter`
+publishes those the models finished, in order.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class _Worker:
         self.streams, resuming = make_streams(self.models, resume)
         self.infos = {s.id: StreamInfo(s.id, s.effective_policy, self.models.infos, worker=index)  # type: ignore[arg-type]
                       for s in config.sources}
-        self.lane = ModelLane(self.models.detector, self.models.encoder, config.worker.max_batch, self.models.neck)
+        self.lane = ModelLane(self.models.detector, self.models.encoder, config.worker.max_batch, self.models.neck,
+                              self.models.in_flight)
         self.ctx = zmq.Context()
         self.events_out = self.ctx.socket(zmq.PUSH)
         self.events_out.setsockopt(zmq.LINGER, 2000)
@@ -82,13 +84,17 @@ class _Worker:
         """Gather the next batch while the models run the one before; then start the models on it and
         publish the one before while they run."""
         batch = self.gatherer.gather()
-        finished = self.lane.result() if self.lane.running is not None else None
+        lane = self.lane
+        if batch.frames or not batch.ends:  # the batches done, and the oldest while no place is free
+            finished = lane.finished_results()
+        else:  # nothing for the models: its ends follow the packets of every batch before them
+            finished = [lane.result() for _ in range(lane.pending)]
         if batch.frames:
-            self.lane.submit(batch)
+            lane.submit(batch)
             self._announce_cycle()
-        if finished is not None:
-            self.emitter.publish(*finished)
-        if not batch.frames:  # nothing for the models: its ends follow the packets before them
+        for done in finished:
+            self.emitter.publish(*done)
+        if not batch.frames:
             self.emitter.end_streams(batch.ends)
 
     def _announce_cycle(self) -> None:
@@ -134,7 +140,7 @@ class _Worker:
             self.publisher.poll()
             self.emitter.release_delivered()
             self._progress()
-        if self.lane.running is not None:  # stopped: what the models are running still goes out
+        while self.lane.running is not None:  # stopped: what the models are running still goes out
             self.emitter.publish(*self.lane.result())
         self.publisher.flush()  # the hub holds everything (the end-of-stream too) before this worker exits
         self._progress(force=True)
@@ -146,7 +152,7 @@ class _Worker:
                 if not st.ended:
                     self.publisher.publish(EndOfStream(st.stream_id, st.published, "stopped", "run stopped"))
             self.publisher.flush(_STOPPED_FLUSH_S)
-        self.event("done", **self.emitter.summary(),
+        self.event("done", **self.emitter.summary(), in_flight=self.lane.in_flight,
                    packets={sid: st.published for sid, st in self.streams.items()},
                    discarded={sid: st.discarded for sid, st in self.streams.items()},
                    dropped={sid: st.dropped for sid, st in self.streams.items()},
