@@ -248,8 +248,17 @@ class FrameEngine:
 
     def track_encoder(self) -> Any:
         """The encoder on CPU, as the single-machine index embeds track crops (the loaded one when it runs
-        in fp32 on CPU already)."""
+        in fp32 on CPU already); with ``encoder: {model: detector}`` the detector and its neck, on CPU at the
+        precision its frames ran at (the loaded one when it runs on CPU)."""
         enc = self.loaded.encoder
+        if enc is None and self.loaded.neck is not None:
+            from .encode import NeckEncoder, neck_encoder
+
+            if list(self.loaded.neck.detector.session.get_providers()) == ["CPUExecutionProvider"]:
+                return NeckEncoder(self.loaded.neck)
+            if self._cpu_encoder is None and self.models.detector is not None:
+                self._cpu_encoder = neck_encoder(self.models.detector, self.loaded.infos.get("encoder"))
+            return self._cpu_encoder
         if enc is None:
             return None
         if list(enc.session.get_providers()) == ["CPUExecutionProvider"] and enc.precision == "fp32":

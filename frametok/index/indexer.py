@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import FrametokError, PipelineError
 from ..packet import EndOfStream, StreamInfo, TokenPacket
+from .encode import soft_token_ref
 from .store import Store, quote
 from .tracks import build_tracks
 from .writer import FrameWriter, token_dims
@@ -206,14 +207,21 @@ class Indexer:
             self._models = prepare_models(config, self.options.models_dirs)
         return self._models
 
-    def _track_encoder(self) -> Any:
-        """The stream's encoder in this process, for the embeddings of track crops."""
+    def _track_encoder(self, base: dict[str, Any]) -> Any:
+        """The stream's encoder in this process, for the embeddings of track crops; with ``encoder: {model:
+        detector}`` the detector and its neck, set up as the video's stream info (``base``) says its frames ran."""
         if self._encoder is None and self._models is not None and self._models.encoder is not None:
             from ..models.encoder import Encoder
             from ..models.session import create_session
 
             files = self._models.encoder
             self._encoder = Encoder(files.manifest, create_session(files, ("cpu",)))
+        elif self._encoder is None and self._models is not None and self._models.neck and self._models.detector:
+            import json
+
+            from .encode import neck_encoder
+
+            self._encoder = neck_encoder(self._models.detector, json.loads(base["models"] or "{}").get("encoder"))
         return self._encoder
 
     # ------------------------------------------------------------------ run
@@ -306,7 +314,7 @@ class Indexer:
         from ..streamer.supervision.supervisor import run_pipeline
 
         models = self._prepared_models(config)
-        base["encoder"] = config.encoder.model if config.encoder is not None else ""
+        base["encoder"] = soft_token_ref(config)
         self.store.put_video({**base, "state": "indexing", "updated_ns": time.time_ns()})
         consumer = _Consumer(self.store, config.publisher.lossless_endpoint, sid, base, fps, track_offset,
                              self.options.batch_rows, self._progress.update)
@@ -341,7 +349,7 @@ class Indexer:
         self.store.put_video({**base, "state": "frames", "updated_ns": time.time_ns()})
         dim = token_dims(json.loads(base["models"]))[0]
         names = json.loads(base["class_names"])
-        build_tracks(self.store, base, self._track_encoder() if dim else None, names, dim)
+        build_tracks(self.store, base, self._track_encoder(base) if dim else None, names, dim)
         self.store.put_video({**base, "state": "complete", "updated_ns": time.time_ns()})
 
 

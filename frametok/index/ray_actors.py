@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import ConfigError, FrametokError
 from ..streamer.worker.models import prepare_models
+from .encode import soft_token_ref
 from .engine import Chunk, FrameEngine, VideoJob
 from .indexer import IndexOptions, index_config
 
@@ -144,7 +145,7 @@ class ActorPool:
         for role, files in (("detector", models.detector), ("encoder", models.encoder)):
             if files is not None:
                 ids[role] = files.manifest.model_id
-        self.encoder_ref = config.encoder.model if config.encoder is not None else ""
+        self.encoder_ref = soft_token_ref(config)
         return ids
 
     def shutdown(self) -> None:

@@ -158,14 +158,13 @@ class Index:
     # ------------------------------------------------------------------ similarity
 
     def _encoder(self, video: dict[str, Any]) -> Any:
-        from .encode import load_encoder
+        """The model that made the video's soft tokens (an encoder, or the detector with its neck), loaded once."""
+        from .encode import load_query_encoder
 
-        models = json.loads(video["models"] or "{}")
-        expect = (models.get("encoder") or {}).get("id")
-        ref = video["encoder"] or (models.get("encoder") or {}).get("name", "")
-        if ref not in self._encoders:
-            self._encoders[ref] = load_encoder(ref, self.models_dirs, expect)
-        return self._encoders[ref]
+        key = f"{video['encoder']}\0{video['models']}"
+        if key not in self._encoders:
+            self._encoders[key] = load_query_encoder(video, self.models_dirs)
+        return self._encoders[key]
 
     def _like_codes(self, rows: _Rows, sql: str, like: NDArray[np.float64],
                     keep: NDArray[np.bool_]) -> tuple[NDArray[np.float64], Any]:

@@ -64,7 +64,8 @@ def videos_schema() -> Any:
         pa.field("frames", pa.int64()),  # frames indexed (complete: all)
         pa.field("class_names", pa.string()),  # JSON list
         pa.field("models", pa.string()),  # JSON: the stream info's models (names, ids, manifests' info)
-        pa.field("encoder", pa.string()),  # the encoder as configured (registry name or path), "" if none
+        pa.field("encoder", pa.string()),  # the encoder as configured (registry name or path), "" if none;
+        # detector:REF for soft tokens from the neck of the detector REF (encoder.model: detector)
         pa.field("updated_ns", pa.int64()),
     ])
 

@@ -93,14 +93,14 @@ def write_tracks(store: Store, video: dict[str, Any], rows: list[dict[str, Any]]
 
 def track_embeddings(path: str, rows: Sequence[dict[str, Any]], encoder: Any) -> list[np.ndarray]:
     """The encoder's context token of each row's best box, decoded again from ``path`` (zeros where the
-    frame cannot be read)."""
+    frame cannot be read); ``encoder``: an :data:`~frametok.index.encode.QueryEncoder`."""
     return _embeddings(path, list(rows), encoder)
 
 
 def _embeddings(path: str, rows: list[dict[str, Any]], encoder: Any) -> list[np.ndarray]:
-    from .encode import encode_images
+    from .encode import embed_dim, encode_images
 
-    dim = int(encoder.manifest.embed_dim)
+    dim = embed_dim(encoder)
     zeros = [np.zeros(dim, np.float32) for _ in rows]
     if not rows:
         return zeros

@@ -126,12 +126,14 @@ class NeckReader:
 
     def info(self) -> dict[str, Any]:
         """What stream info says of the soft tokens' model (as an encoder's ``info``); ``grid_hw`` is the
-        whole map at the manifest's input size (a frame's grid is the part over its image)."""
+        whole map at the manifest's input size (a frame's grid is the part over its image); ``neck.rect``: the
+        detector letterboxes each frame into its rect input (what an image must go through to be embedded alike)."""
         man = self.detector.manifest
         return {"id": f"{man.model_id}#{self.neck.level}", "name": f"{man.name}#{self.neck.level}",
                 "grid_hw": list(self.grid_hw_for(man.input_size_hw)), "embed_dim": self.neck.channels,
                 "context": "mean", "output_layout": "neck",
-                "neck": {"level": self.neck.level, "stride": self.neck.stride, "crop": self.crop}}
+                "neck": {"level": self.neck.level, "stride": self.neck.stride, "crop": self.crop,
+                         "rect": self.detector.rect}}
 
 
 def detect_groups(detector: Detector, neck: NeckReader | None, tensors: ShapeTensors,
