@@ -29,6 +29,7 @@ from ..packet import Detections
 from ._common import box_iou, remove_quietly
 from ._deps import package_versions, require_modules
 from .mask_parity import CEILING_SLACK, MASK_IOU, frametok_masks, mask_figures, tiny_mask, ultralytics_masks
+from .rewrite import rewrite_file
 
 __all__ = ["BoxMatch", "box_iou", "export_yolo", "match_boxes"]
 
@@ -444,7 +445,7 @@ def _mask_problems(record: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _manifest(onnx_path: Path, name: str, weights: Path, opset: int) -> DetectorManifest:
+def _manifest(onnx_path: Path, name: str, weights: Path, opset: int, rewrites: Sequence[str] = ()) -> DetectorManifest:
     base = describe_ultralytics_onnx(onnx_path, name=name)
     random_init = _is_model_yaml(weights)
     source = WeightsSource(
@@ -457,6 +458,7 @@ def _manifest(onnx_path: Path, name: str, weights: Path, opset: int) -> Detector
         "frametok": package_versions(["frametok"])["frametok"],
         **package_versions(["ultralytics", "torch", "onnx", "onnxruntime"]),
         "opset": str(opset),
+        "rewrites": ", ".join(rewrites) or "none",
     }
     return base.model_copy(update={"onnx_file": onnx_path.name, "source": source, "exporter": exporter})
 
@@ -519,7 +521,8 @@ def export_yolo(
             sample = Path(sample_image).expanduser() if sample_image is not None else _default_sample()
             model, exported = _export_onnx(weights, work, imgsz, opset, end2end, sample)
             onnx_tmp = exported.rename(work / f"{name}.onnx") if exported.name != f"{name}.onnx" else exported
-            manifest = _manifest(onnx_tmp, name, weights, opset)
+            rewrites = rewrite_file(onnx_tmp, onnx_tmp)  # same outputs, cheaper: checked by the parity below
+            manifest = _manifest(onnx_tmp, name, weights, opset, rewrites)
             if (half or int8) and manifest.output_format != "yolov8":
                 raise ExportError(f"{weights}: --half/--int8 check the yolov8 head only; this export has the "
                                   f"{manifest.output_format} head (export it without them)")

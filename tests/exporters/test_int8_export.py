@@ -15,7 +15,7 @@ import pytest
 
 from frametok import EndOfStream, StreamInfo, TokenPacket
 from frametok.errors import ExportError, ModelError
-from frametok.exporters.int8 import EncoderGate, Frame, add_int8, sample_frames, split_frames
+from frametok.exporters.int8 import DetectorGate, EncoderGate, Frame, add_int8, sample_frames, split_frames
 from frametok.models.detector import Detector
 from frametok.models.encoder import Encoder
 from frametok.models.manifest import DetectorManifest, EncoderManifest, file_sha256, write_manifest
@@ -87,6 +87,8 @@ def test_export_int8_writes_both_graphs_and_records_the_gate(int8_dir: Path, sha
     assert p["boxes_fp32"] >= 60 and p["matched_fp32"] >= 0.95 and p["matched_int8"] >= 0.95
     assert p["min_iou"] >= 0.9 and p["max_score_diff"] <= 0.05
     assert "head /model.22/" in det.quantizer["float_rule"] and int(det.quantizer["float_nodes"]) > 20
+    assert det.quantizer["float_rule"].startswith("ultralytics fast") and "tried" not in p
+    assert det.quantizer["rewrites"] == "dfl_softmax"  # quantised from the rewritten graph, gated against the original
     nodes = onnx.load(str(int8_dir / det.onnx_file)).graph.node
     by_name = {n.name: n.op_type for n in nodes}
     assert by_name["/model.22/Concat_3"] == "Concat" and by_name["/model.22/Sigmoid"] == "Sigmoid"  # head in float
@@ -121,6 +123,21 @@ def test_frames_are_dealt_evenly_and_never_twice(shared_media: Path) -> None:
         sample_frames([], 4)
     with pytest.raises(ExportError, match="does not exist"):
         sample_frames([shared_media / "missing.mp4"], 4)
+
+
+def test_a_detector_failing_its_gate_with_the_fast_rule_is_quantised_with_the_careful_one(
+        int8_dir: Path, shared_media: Path, tmp_path: Path) -> None:
+    """A stricter gate (97.5% twins): the fast rule's graph misses it (measured 99.2% / 97.0%), the careful
+    one (the second conv and the class branch in float too: 99.2% / 98.4%) passes; the manifest says which
+    rule made the graph and what the fast one scored."""
+    files = _copy_model(int8_dir, tmp_path, "yolov8n_coco")
+    got = add_int8(files, [shared_media / "vtest.avi"], detector_gate=DetectorGate(min_matched=0.975)).manifest.int8
+    assert got is not None and got.quantizer["float_rule"].startswith("ultralytics careful")
+    assert got.parity["matched_fp32"] >= 0.975 and got.parity["matched_int8"] >= 0.975
+    (tried,) = got.parity["tried"]
+    assert tried.startswith("fast: ") and "< 0.975" in tried, tried
+    fast = locate_model(int8_dir / "yolov8n_coco.json").manifest.int8
+    assert fast is not None and int(got.quantizer["float_nodes"]) > int(fast.quantizer["float_nodes"])
 
 
 # --------------------------------------------------------------------------- graphs refused
