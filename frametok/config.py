@@ -318,10 +318,6 @@ class WorkerConfig(_Frozen):
             raise ValueError(f"in_flight: expected 1..8 batches or 'auto', got {value}")
         return value
 
-    def most_in_flight(self) -> int:
-        """The most batches a worker may run at once (``in_flight``; auto: 2)."""
-        return self.in_flight if isinstance(self.in_flight, int) else 2
-
     def threads_per_worker(self) -> int:
         """onnxruntime threads for each worker: ``threads`` (0: the machine's cores) split between them."""
         total = self.threads or os.cpu_count() or 1
@@ -445,7 +441,15 @@ class Config(_Frozen):
             return source.slots
         if source.effective_policy == "live":
             return 4
-        return max(4, (self.worker.most_in_flight() + 1) * self.worker.max_batch)
+        return max(4, (self.most_in_flight() + 1) * self.worker.max_batch)
+
+    def most_in_flight(self) -> int:
+        """The most batches a worker may run at once: ``worker.in_flight``; auto: 2 when every source is a
+        file (the worker makes it 1 off the CPU provider or with one thread), 1 with a live source."""
+        wc = self.worker
+        if isinstance(wc.in_flight, int):
+            return wc.in_flight
+        return 2 if all(s.effective_policy == "file" for s in self.sources) else 1
 
 
 def _format_errors(exc: ValidationError, origin: str) -> str:

@@ -84,6 +84,9 @@ def test_auto_is_two_for_files_on_the_cpu_and_one_for_live_streams() -> None:
     assert cfg.ring_slots(cfg.sources[0]) == 12  # two batches in the models, the next one being filled
     cfg = parse_config({"sources": [{"id": "a", "uri": "video.mp4"}], "worker": {"max_batch": 4, "in_flight": 1}})
     assert cfg.ring_slots(cfg.sources[0]) == 8
+    cfg = parse_config({"sources": [{"id": "a", "uri": "video.mp4"}, {"id": "b", "uri": "rtsp://cam/stream"}],
+                        "worker": {"max_batch": 4}})
+    assert cfg.ring_slots(cfg.sources[0]) == 8  # beside a live stream: one batch at a time (its latency)
     for bad in (0, 9):
         with pytest.raises(ConfigError, match=rf"in_flight.*got {bad}"):
             parse_config({"sources": [{"id": "a", "uri": "video.mp4"}], "worker": {"in_flight": bad}})

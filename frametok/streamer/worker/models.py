@@ -123,13 +123,13 @@ def batches_in_flight(config: Config) -> int:
     """``worker.in_flight`` resolved: auto is 2 when the sessions run on the CPU provider with at least 2
     threads and every stream is a file (live streams keep the latency of one batch at a time), else 1."""
     wc = config.worker
-    if isinstance(wc.in_flight, int):
-        return wc.in_flight
+    most = config.most_in_flight()  # auto: 2 when every stream is a file
+    if isinstance(wc.in_flight, int) or most == 1:
+        return most
     threads = wc.threads or os.cpu_count() or 1
     providers = [p.lower() for p in wc.providers]
     on_cpu = "torch" not in providers and resolve_providers(wc.providers)[:1] == ["CPUExecutionProvider"]
-    files_only = all(s.effective_policy == "file" for s in config.sources)
-    return 2 if on_cpu and threads >= 2 and files_only else 1
+    return most if on_cpu and threads >= 2 else 1
 
 
 def load_models(config: Config, models: Models, device: int | None = None) -> LoadedModels:
