@@ -50,6 +50,13 @@ def _described_encoder(args: argparse.Namespace) -> str | None:
     return str(write_manifest(manifest, folder / f"{manifest.name}-{manifest.onnx_sha256[:12]}.json"))
 
 
+def _in_flight(text: str) -> str:
+    """``--in-flight``: a count, or auto (range checks are the config's)."""
+    if text != "auto" and not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number of batches or 'auto', got {text!r}")
+    return text
+
+
 def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     over: dict[str, Any] = {}
     if args.source:
@@ -88,6 +95,8 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         worker["precision"] = args.precision
     if args.workers is not None:
         worker["count"] = args.workers
+    if args.in_flight is not None:
+        worker["in_flight"] = args.in_flight if args.in_flight == "auto" else int(args.in_flight)
     if worker:
         over["worker"] = worker
     return over
@@ -206,6 +215,9 @@ def add_stream_commands(sub: Commands) -> None:
     run.add_argument("--workers", type=int, metavar="N",
                      help="worker processes (worker.count); streams go to workers by stream id")
     run.add_argument("--providers", help="execution providers in order, e.g. tensorrt,cuda,cpu")
+    run.add_argument("--in-flight", metavar="N|auto", type=_in_flight,
+                     help="batches the models run at once, each on its share of the threads (worker.in_flight; "
+                          "auto: 2 on the CPU provider when every source is a file, else 1)")
     run.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"],
                      help="model graphs: auto (default) runs a model's fp16 graph (from `export --half`) on "
                           "CUDA/TensorRT, its int8 graph (from `export --int8`) on the CPU provider, fp32 otherwise; "

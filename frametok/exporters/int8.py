@@ -351,16 +351,23 @@ def detector_int8_parity(manifest: DetectorManifest, fp32: Path, int8: Path, fra
     fall either side of it and still be within the tolerance); of those, ``matched_fp32`` is the share
     of fp32 detections with an int8 twin and ``matched_int8`` the share of int8 detections with an fp32
     twin. Both must reach ``min_matched``, on frames where the fp32 graph finds ``min_reference_boxes``.
+    Frames go in as the worker gives them by default: at the rect letterbox of their own aspect when the
+    graph takes any height and width (``input``: ``rect``), else at the square input.
     """
     gate = gate or DetectorGate()
-    det32, det8 = Detector(manifest, cpu_session(fp32)), Detector(manifest, cpu_session(int8, "int8 graph"))
+    rect = manifest.dynamic_hw and manifest.resize == "letterbox"  # the worker's default (detector.rect null)
+    det32 = Detector(manifest, cpu_session(fp32), rect=rect)
+    det8 = Detector(manifest, cpu_session(int8, "int8 graph"), rect=rect)
     floor = det32.conf_threshold + gate.max_score_diff
     counts = {"fp32": 0, "int8": 0, "fp32_twins": 0, "int8_twins": 0}
     ious: list[float] = []
     gaps: list[float] = []
     raw_diff = 0.0
-    batch = np.empty((1, 3, *det32.input_hw), np.float32)
+    inputs: set[tuple[int, int]] = set()
     for frame in frames:
+        input_hw = det32.input_hw_for((frame.rgb.shape[0], frame.rgb.shape[1]))
+        inputs.add(input_hw)
+        batch = np.empty((1, 3, *input_hw), np.float32)
         info = det32.preprocess(frame.rgb, batch[0])
         raw32, raw8 = np.asarray(det32.infer(batch)[0]), np.asarray(det8.infer(batch)[0])  # yolov8: no masks
         raw_diff = max(raw_diff, float(np.abs(raw32[4:].astype(np.float64) - raw8[4:]).max()))
@@ -377,6 +384,7 @@ def detector_int8_parity(manifest: DetectorManifest, fp32: Path, int8: Path, fra
     matched8 = counts["int8_twins"] / counts["int8"] if counts["int8"] else 0.0
     record: dict[str, Any] = {
         "heldout_samples": [f.label for f in frames],
+        "input": ("rect " if rect else "square ") + ", ".join(f"{w}x{h}" for h, w in sorted(inputs)),
         "boxes_fp32": counts["fp32"],
         "boxes_int8": counts["int8"],
         "matched_fp32": round(matched32, 4),

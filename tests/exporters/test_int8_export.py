@@ -89,6 +89,7 @@ def test_export_int8_writes_both_graphs_and_records_the_gate(int8_dir: Path, sha
     assert "head /model.22/" in det.quantizer["float_rule"] and int(det.quantizer["float_nodes"]) > 20
     assert det.quantizer["float_rule"].startswith("ultralytics fast") and "tried" not in p
     assert det.quantizer["rewrites"] == "dfl_softmax"  # quantised from the rewritten graph, gated against the original
+    assert p["input"] == "square 640x640"  # the shared graph's input is fixed
     nodes = onnx.load(str(int8_dir / det.onnx_file)).graph.node
     by_name = {n.name: n.op_type for n in nodes}
     assert by_name["/model.22/Concat_3"] == "Concat" and by_name["/model.22/Sigmoid"] == "Sigmoid"  # head in float
@@ -138,6 +139,19 @@ def test_a_detector_failing_its_gate_with_the_fast_rule_is_quantised_with_the_ca
     assert tried.startswith("fast: ") and "< 0.975" in tried, tried
     fast = locate_model(int8_dir / "yolov8n_coco.json").manifest.int8
     assert fast is not None and int(got.quantizer["float_nodes"]) > int(fast.quantizer["float_nodes"])
+
+
+def test_a_graph_of_any_input_size_is_gated_at_the_rect_letterbox(dynamic_yolo: ModelFiles, shared_media: Path,
+                                                                  tmp_path: Path) -> None:
+    """The exported YOLOv8n takes any height and width, so the worker runs vtest at 640x480 (rect): its int8
+    graph is gated there, not only at the square input it was calibrated at."""
+    for path in (dynamic_yolo.onnx_path, dynamic_yolo.manifest_path):
+        assert path is not None
+        shutil.copy(path, tmp_path / path.name)
+    files = locate_model(tmp_path / "yolov8n_coco.json")
+    got = add_int8(files, [shared_media / "vtest.avi"], calibration_frames=8, heldout_frames=8).manifest.int8
+    assert got is not None and got.parity["passed"] is True
+    assert got.parity["input"] == "rect 640x480" and got.parity["boxes_fp32"] >= 30
 
 
 # --------------------------------------------------------------------------- graphs refused

@@ -130,3 +130,12 @@ def test_the_lane_returns_batches_in_the_order_they_went_in(shared_models: Path)
                                        rtol=1e-4, atol=1e-3)
     finally:
         lane.close()
+
+
+def test_the_run_flag_sets_it_and_a_bad_value_is_refused_before_anything_starts(shared_media: Path) -> None:
+    from ..conftest import run_cli
+
+    bad = run_cli("run", "--source", f"v={shared_media / 'bus.jpg'}", "--in-flight", "0")
+    assert bad.returncode == 2 and "worker.in_flight" in bad.stderr and "got 0" in bad.stderr, bad.stderr
+    word = run_cli("run", "--source", f"v={shared_media / 'bus.jpg'}", "--in-flight", "two")
+    assert word.returncode == 2 and "--in-flight" in word.stderr and "'two'" in word.stderr, word.stderr
