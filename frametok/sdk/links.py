@@ -1,8 +1,10 @@
-"""One connection of a subscriber to one publisher endpoint: its socket (SUB for live, DEALER for
-lossless), CURVE, and for lossless its credit client."""
+"""A subscriber's connections to publisher endpoints: each one's socket (SUB for live, DEALER for
+lossless), CURVE, and for lossless its credit client (:class:`Link`); receiving from them in turn
+(:class:`Connections`)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,7 +15,7 @@ from ..packet import topic_for
 from ..zmq_parts import recv_parts
 from .lossless import CreditClient
 
-__all__ = ["Link"]
+__all__ = ["Connections", "Link"]
 
 
 class Link:
@@ -38,6 +40,7 @@ class Link:
         except BaseException:
             self.socket.close(0)
             raise
+        self._rcvtimeo_ms = -1  # the socket's receive timeout now (libzmq's default: wait forever)
         self.credit: CreditClient | None = None
         if mode == "lossless":
             self.credit = CreditClient(self.socket, streams, credit, heartbeat_s)
@@ -47,6 +50,19 @@ class Link:
         """The parts of a message waiting on this connection, or None."""
         try:
             return recv_parts(self.socket, zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+
+    def recv_wait(self, timeout_ms: int | None) -> Any | None:
+        """The parts of the next message, waiting up to ``timeout_ms`` (None: forever) in libzmq's own receive:
+        no poll before it and no ``zmq.Again`` raised for a message that arrives while waiting (each costs
+        more than the receive itself). None on timeout."""
+        wanted = -1 if timeout_ms is None else timeout_ms
+        if wanted != self._rcvtimeo_ms:
+            self.socket.setsockopt(zmq.RCVTIMEO, wanted)
+            self._rcvtimeo_ms = wanted
+        try:
+            return recv_parts(self.socket)
         except zmq.Again:
             return None
 
@@ -66,3 +82,58 @@ class Link:
             self.credit.grant()
             self.credit.bye()
         self.socket.close()
+
+
+class Connections:
+    """A subscriber's connections, taken in turn: the next message waiting on any of them, or waiting for one
+    (lossless ones return credit and say hello meanwhile)."""
+
+    def __init__(self, links: list[Link], heartbeat_s: float) -> None:
+        self.links = links
+        self.heartbeat_s = heartbeat_s
+        self._next = 0  # the connection to look at first
+        self._poller = zmq.Poller()
+        for link in links:
+            self._poller.register(link.socket, zmq.POLLIN)
+        # a lone live connection needs no poller: it waits in its receive
+        self._single = links[0] if len(links) == 1 and links[0].credit is None else None
+
+    def next(self, timeout_ms: int | None) -> tuple[Link, Any] | None:
+        """A message (its connection and parts), waiting up to ``timeout_ms`` (None: forever); None on timeout."""
+        if self._single is not None:
+            parts = self._single.recv_wait(timeout_ms)
+            return None if parts is None else (self._single, parts)
+        while True:
+            taken = self.take()  # a message already waiting needs no poll (the common case under load)
+            if taken is not None:
+                return taken
+            if not self.wait(timeout_ms):
+                return None
+
+    def take(self) -> tuple[Link, Any] | None:
+        """A message waiting on some connection (in turn), without waiting."""
+        n = len(self.links)
+        for i in range(n):
+            link = self.links[(self._next + i) % n]
+            parts = link.recv_nowait()
+            if parts is not None:
+                self._next = (self._next + i + 1) % n
+                return link, parts
+        return None
+
+    def wait(self, timeout_ms: int | None) -> bool:
+        """Wait for a message on any connection; lossless ones return credit and say hello meanwhile."""
+        lossless = [link.credit for link in self.links if link.credit is not None]
+        if not lossless:
+            return bool(self._poller.poll(timeout_ms))
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        while True:
+            step = int(self.heartbeat_s * 1000)
+            if deadline is not None:
+                step = max(0, min(step, int((deadline - time.monotonic()) * 1000)))
+            if self._poller.poll(step):
+                return True
+            for credit in lossless:
+                credit.idle()
+            if deadline is not None and time.monotonic() >= deadline:
+                return False

@@ -32,7 +32,7 @@ from ..packet import (
     TokenPacket,
     decode,
 )
-from .links import Link
+from .links import Connections, Link
 from .sequence import GapReport, SequenceTracker
 
 __all__ = ["GapReport", "Subscriber"]
@@ -107,10 +107,7 @@ class Subscriber:
             self.close()
             raise
         self._owner: dict[str, Link] = {}  # stream id -> the connection it arrives on
-        self._next = 0  # the connection to look at first (taken in turn)
-        self._poller = zmq.Poller()
-        for link in self._links:
-            self._poller.register(link.socket, zmq.POLLIN)
+        self._connections = Connections(self._links, heartbeat_s)
 
     def endpoint_of(self, stream_id: str) -> str | None:
         """The endpoint of the publisher ``stream_id`` arrives from (None: not seen yet)."""
@@ -167,23 +164,6 @@ class Subscriber:
 
     # ------------------------------------------------------------------ receiving
 
-    def _poll(self, timeout_ms: int | None) -> bool:
-        """Wait for a message on any connection; lossless ones return credit and say hello meanwhile."""
-        lossless = [link.credit for link in self._links if link.credit is not None]
-        if not lossless:
-            return bool(self._poller.poll(timeout_ms))
-        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
-        while True:
-            step = int(self.heartbeat_s * 1000)
-            if deadline is not None:
-                step = max(0, min(step, int((deadline - time.monotonic()) * 1000)))
-            if self._poller.poll(step):
-                return True
-            for credit in lossless:
-                credit.idle()
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-
     def _decode(self, link: Link, parts: Any) -> Message | None:
         if link.credit is not None:
             link.credit.consumed()
@@ -225,17 +205,6 @@ class Subscriber:
         self._pending.extend(old + new)
         return self._pending.popleft()
 
-    def _take(self) -> tuple[Link, Any] | None:
-        """A message waiting on some connection (in turn), without waiting."""
-        n = len(self._links)
-        for i in range(n):
-            link = self._links[(self._next + i) % n]
-            parts = link.recv_nowait()
-            if parts is not None:
-                self._next = (self._next + i + 1) % n
-                return link, parts
-        return None
-
     def recv(self, timeout_s: float | None = None) -> Message | None:
         """The next valid message, or None after ``timeout_s`` without one (None: wait forever)."""
         timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000))
@@ -243,11 +212,9 @@ class Subscriber:
             if self._pending:
                 msg: Message | None = self._pending.popleft()
             else:
-                taken = self._take()  # a message already waiting needs no poll (the common case under load)
+                taken = self._connections.next(timeout_ms)
                 if taken is None:
-                    if not self._poll(timeout_ms):
-                        return None
-                    continue
+                    return None
                 link, parts = taken
                 msg = self._decode(link, parts)
                 if msg is None:
