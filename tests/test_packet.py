@@ -206,3 +206,24 @@ def test_encoder_writes_what_json_writes(pts: float | None) -> None:
         assert status.isascii() and b"\x7f" not in status
     with pytest.raises(ValueError):
         encode(dataclasses.replace(_packet(), pts_s=float("nan")))
+
+
+def test_buffers_are_views_of_the_arrays_in_wire_byte_order() -> None:
+    # the same float16 under another dtype object (np.dtype("float16") and its "<" variant are equal but not
+    # the same object): both go out as views of the array, not copies
+    grid = np.arange(2 * 3 * 8, dtype=np.float16).reshape(2, 3, 8)
+    for patches in (grid, grid.view(np.dtype("float16").newbyteorder("<"))):
+        frames = encode(dataclasses.replace(_packet(), patch_tokens=patches))
+        assert np.shares_memory(np.frombuffer(frames[-1], np.uint8), grid)
+        assert bytes(frames[-1]) == grid.tobytes()
+    # big-endian and non-contiguous arrays are converted: little-endian, C order
+    swapped = grid.astype(grid.dtype.newbyteorder(">"))
+    strided = np.ascontiguousarray(np.swapaxes(grid, 0, 1)).swapaxes(0, 1)
+    for patches in (swapped, strided):
+        frames = encode(dataclasses.replace(_packet(), patch_tokens=patches))
+        assert bytes(frames[-1]) == grid.tobytes()
+        out = decode(_wire(frames))
+        assert isinstance(out, TokenPacket) and out.patch_tokens is not None
+        np.testing.assert_array_equal(out.patch_tokens, grid)
+    with pytest.raises(ValueError, match="'patches': dtype bool"):
+        encode(dataclasses.replace(_packet(), patch_tokens=np.zeros((2, 3, 8), bool)))

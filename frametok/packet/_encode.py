@@ -22,13 +22,18 @@ from ._messages import (
     topic_for,
 )
 
+# dtype -> wire name, for the dtypes whose bytes go on the wire as they are (little-endian ones: equal dtypes
+# have equal hashes, so one lookup answers both "allowed?" and "in wire byte order?")
+_AS_IS: dict[np.dtype[Any], str] = {dt: name for name, dt in _DTYPES.items()}
+
 
 def _buffer(name: str, array: NDArray[Any]) -> tuple[dict[str, Any], memoryview]:
+    dtype_name = _AS_IS.get(array.dtype)
+    if dtype_name is not None and array.flags.c_contiguous and array.size:
+        return {"name": name, "dtype": dtype_name, "shape": list(array.shape)}, memoryview(array).cast("B")  # type: ignore[arg-type]
     dtype_name = _WIRE_NAMES.get(array.dtype)
     if dtype_name is None:
         raise ValueError(f"buffer {name!r}: dtype {array.dtype} is not allowed on the wire")
-    if array.dtype is _DTYPES[dtype_name] and array.flags.c_contiguous and array.size:
-        return {"name": name, "dtype": dtype_name, "shape": list(array.shape)}, memoryview(array).cast("B")  # type: ignore[arg-type]
     arr = np.ascontiguousarray(array, dtype=_DTYPES[dtype_name])
     return {"name": name, "dtype": dtype_name, "shape": list(arr.shape)}, memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
@@ -82,25 +87,25 @@ def encode(
     seq = message.seq if seq is None else seq
     if seq < 0:
         raise ValueError(f"{type(message).__name__} has no sequence number (seq={seq}); stamp() it first")
-    header: dict[str, Any] = {"v": list(PROTOCOL_VERSION), "stream": message.stream_id, "seq": seq}
     arrays: list[tuple[str, NDArray[Any]]] = []
     if isinstance(message, TokenPacket):
         ts = message.timestamps
-        header.update(
-            kind="frame",
-            frame=message.frame_index,
-            pts_s=message.pts_s,
-            size_wh=list(message.size_wh),
-            policy=message.policy,
-            dropped=message.dropped,
-            t_ns={
+        header: dict[str, Any] = {  # one literal: the fields in the order they always had
+            "v": list(PROTOCOL_VERSION), "stream": message.stream_id, "seq": seq,
+            "kind": "frame",
+            "frame": message.frame_index,
+            "pts_s": message.pts_s,
+            "size_wh": list(message.size_wh),
+            "policy": message.policy,
+            "dropped": message.dropped,
+            "t_ns": {
                 "capture": ts.t_capture_ns,
                 "decode": ts.t_decode_ns,
                 "infer": ts.t_infer_ns,
                 "publish": ts.t_publish_ns if t_publish_ns is None else t_publish_ns,
             },
-            models=dict(message.models),
-        )
+            "models": dict(message.models),
+        }
         if message.damaged:
             header["damaged"] = True
         if message.reused:
@@ -139,10 +144,13 @@ def encode(
         if message.preview_jpeg is not None:
             arrays.append(("preview", np.frombuffer(message.preview_jpeg, np.uint8)))
     elif isinstance(message, StatusMessage):
+        header = {"v": list(PROTOCOL_VERSION), "stream": message.stream_id, "seq": seq}
         header.update(kind="status", state=message.state, detail=message.detail, t_ns=message.t_ns)
     elif isinstance(message, EndOfStream):
+        header = {"v": list(PROTOCOL_VERSION), "stream": message.stream_id, "seq": seq}
         header.update(kind="eos", frames=message.frames, reason=message.reason, detail=message.detail)
     elif isinstance(message, StreamInfo):
+        header = {"v": list(PROTOCOL_VERSION), "stream": message.stream_id, "seq": seq}
         header.update(kind="info", policy=message.policy, models=_jsonable(message.models))
         if message.worker is not None:
             header["worker"] = message.worker
