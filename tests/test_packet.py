@@ -227,3 +227,26 @@ def test_buffers_are_views_of_the_arrays_in_wire_byte_order() -> None:
         np.testing.assert_array_equal(out.patch_tokens, grid)
     with pytest.raises(ValueError, match="'patches': dtype bool"):
         encode(dataclasses.replace(_packet(), patch_tokens=np.zeros((2, 3, 8), bool)))
+
+
+def test_fast_path_buffer_shapes_go_to_the_reference() -> None:
+    # a multi-dim buffer whose bytes do not fill its shape, and an empty one whose other dims are too large:
+    # the fast path does not accept them, the reference names the buffer
+    parts = _wire(encode(_packet()))
+    head = parts[1]
+    assert b'"shape":[2,3,8]' in head
+    too_many = _header(parts, head.replace(b'"shape":[2,3,8]', b'"shape":[2,3,9]'))
+    empty_huge = _header(parts, head.replace(b'"shape":[2,3,8]', b'"shape":[0,4611686018427387904,8]'))
+    empty_huge[-1] = b""
+    for bad, error in ((too_many, "'patches': shape \\[2, 3, 9\\] of float16 needs 108 bytes, got 96"),
+                       (empty_huge, "'patches': shape .* is too large")):
+        with pytest.raises(Exception):  # noqa: B017  (_Slow, numpy's ValueError: either way not accepted)
+            _decode_fast(bad)
+        with pytest.raises(ProtocolError, match=error):
+            decode(bad)
+    # an empty multi-dim buffer of a sane shape is accepted by both, as a (0, 3, 8) view
+    empty = _header(parts, head.replace(b'"shape":[2,3,8]', b'"shape":[0,3,8]'))
+    empty[-1] = b""
+    for decoder in (_decode_fast, _decode_reference):
+        got = decoder(empty)
+        assert isinstance(got, TokenPacket) and got.patch_tokens is not None and got.patch_tokens.shape == (0, 3, 8)

@@ -126,16 +126,22 @@ def _fast_buffers(descriptors: list[_Descriptor], parts: Sequence[Any]) -> dict[
     if len(descriptors) != len(parts) - 2:
         raise _Slow
     out: dict[str, NDArray[Any]] = {}
+    frombuffer = np.frombuffer
     for desc, part in zip(descriptors, parts[2:], strict=True):
         dtype, itemsize = _FAST_DTYPES[desc.dtype]
         shape = desc.shape
-        arr = np.frombuffer(part, dtype=dtype)  # raises (-> reference) when not a buffer or not whole items
-        count = shape[0] if len(shape) == 1 else math.prod(shape)
-        if arr.size != count or (count == 0 and math.prod(d for d in shape if d) * itemsize >= _MAX_BYTES):
+        arr = frombuffer(part, dtype=dtype)  # raises (-> reference) when not a buffer or not whole items
+        if len(shape) == 1:
+            if arr.size != shape[0]:
+                raise _Slow
+        else:
+            arr = arr.reshape(shape)  # raises (-> reference) when the sizes differ
+            if not arr.size and math.prod(d for d in shape if d) * itemsize >= _MAX_BYTES:
+                raise _Slow
+        name = desc.name
+        if name in out:
             raise _Slow
-        if desc.name in out:
-            raise _Slow
-        out[desc.name] = arr.reshape(shape) if len(shape) != 1 else arr
+        out[name] = arr
     return out
 
 
