@@ -92,6 +92,9 @@ class Emitter:
 
     def publish(self, batch: Batch, out: Inference) -> None:
         """Post-process a batch the models ran, publish its packets in order, then the ends of its streams."""
+        # keyframe requests that came while the models ran (a subscriber joined): its key goes in this batch,
+        # not after the batches already finished (with in_flight 2, a whole batch later)
+        self.publisher.poll()
         n = len(batch.frames)
         dets = self._detections(batch, out)
         enc = out.encoded
