@@ -14,16 +14,22 @@ rounds runs raw and frametok back to back, raw first in even pairs and frametok 
 that both meet the same load on a shared machine. ``round_ratios``: frametok / raw in each pair;
 ``ratio``: their median (the figure the goals are judged on); ``ratio_of_medians``: frametok's median
 rate over raw's; ``ratio_of_upper_quartiles``: the same of their upper quartiles (other work on the machine
-only ever slows a round down). One short pair runs first as a warm-up and is not counted.
+only ever slows a round down). The rounds are split between ``--sessions`` (4) pairs of fresh sender
+processes and connections, each with a short warm-up pair not counted: within one pair of processes
+one mode's cost per packet can stay 30-70% off the other's for its whole life (where the scheduler
+put its threads, its TCP connection), which a median over one pair's rounds does not average out.
+``--rcvbuf`` fixes both receiving sockets' receive buffer (0: the kernel's autotuning).
 ``cpu_us_per_packet``: the median CPU time per packet of each side's process (every thread: zmq's too).
 
-    python bench/transport.py [--repeats 31] [--sizes grid_200kb] [--packets N] [--distinct 64]
+    python bench/transport.py [--repeats 32] [--sessions 4] [--sizes grid_200kb] [--packets N]
+                              [--distinct 64] [--rcvbuf BYTES]
 """
 
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -105,7 +111,7 @@ def _sender(mode: str, kind: str, distinct: int, endpoint: str, conn: Connection
 class _Mode:
     """One mode's receiving end in this process, and its sender's process, kept up across rounds."""
 
-    def __init__(self, mode: str, kind: str, distinct: int) -> None:
+    def __init__(self, mode: str, kind: str, distinct: int, rcvbuf: int) -> None:
         import zmq
 
         from frametok import Subscriber
@@ -113,11 +119,12 @@ class _Mode:
         self.mode = mode
         endpoint = _endpoint()
         self.sub: Any = None
-        self.ctx: Any = None
+        self.ctx = zmq.Context()
+        if rcvbuf:
+            self.ctx.setsockopt(zmq.RCVBUF, rcvbuf)  # for every socket made in it: the Subscriber's too
         if mode == "frametok":
-            self.sub = Subscriber(endpoint, rcvhwm=0, timeout_s=30)
+            self.sub = Subscriber(endpoint, rcvhwm=0, timeout_s=30, context=self.ctx)
         else:
-            self.ctx = zmq.Context()
             self.sock = self.ctx.socket(zmq.SUB)
             self.sock.setsockopt(zmq.RCVHWM, 0)
             self.sock.setsockopt(zmq.SUBSCRIBE, b"")
@@ -177,7 +184,7 @@ class _Mode:
             self.sub.close()
         else:
             self.sock.close(0)
-            self.ctx.term()
+        self.ctx.term()
 
 
 def _spread(values: list[float], digits: int = 3) -> dict[str, float]:
@@ -187,21 +194,26 @@ def _spread(values: list[float], digits: int = 3) -> dict[str, float]:
             for k, v in zip(("min", "q1", "median", "q3", "max"), (min(values), *q, max(values)), strict=True)}
 
 
-def _measure(kind: str, count: int, repeats: int, distinct: int) -> dict[str, Any]:
+def _measure(kind: str, count: int, repeats: int, sessions: int, distinct: int, rcvbuf: int) -> dict[str, Any]:
     from frametok.packet import encode, stamp
 
     nbytes = sum(len(f) if isinstance(f, bytes) else f.nbytes for f in encode(stamp(_packet(kind, 0), 0)))
-    ends = {m: _Mode(m, kind, distinct) for m in MODES}
     runs: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
-    try:
-        for m in MODES:  # warm-up, not counted
-            ends[m].round(max(2, count // 4))
-        for r in range(repeats):
-            for m in MODES if r % 2 == 0 else MODES[::-1]:
-                runs[m].append(ends[m].round(count))
-    finally:
-        for end in ends.values():
-            end.close()
+    r = 0
+    bounds = [0]  # the first round of each session
+    for session in range(sessions):  # fresh processes and connections each time
+        ends = {m: _Mode(m, kind, distinct, rcvbuf) for m in MODES}
+        try:
+            for m in MODES:  # warm-up, not counted
+                ends[m].round(max(2, count // 4))
+            for _ in range(repeats * (session + 1) // sessions - repeats * session // sessions):
+                for m in MODES if r % 2 == 0 else MODES[::-1]:
+                    runs[m].append(ends[m].round(count))
+                r += 1
+        finally:
+            for end in ends.values():
+                end.close()
+        bounds.append(r)
     rates = {m: [r["packets_per_s"] for r in rs] for m, rs in runs.items()}
     med = {m: statistics.median(v) for m, v in rates.items()}
     upper = {m: _spread(v)["q3"] for m, v in rates.items()}
@@ -215,10 +227,14 @@ def _measure(kind: str, count: int, repeats: int, distinct: int) -> dict[str, An
         "ratio": round(statistics.median(ratios), 3) if ratios else None,
         "runs_packets_per_s": {m: [round(v) for v in vs] for m, vs in rates.items()},
         "rounds": repeats,
+        "sessions": sessions,
         "distinct_packets": distinct,
+        "rcvbuf_bytes": rcvbuf,
         "ratio_of_medians": round(med["frametok"] / med["raw"], 3) if med["raw"] else None,
         "round_ratios": [round(x, 3) for x in ratios],
         "round_ratio_spread": _spread(ratios) if ratios else None,
+        "session_ratios": [round(statistics.median(ratios[a:b]), 3) for a, b in itertools.pairwise(bounds)
+                           if ratios[a:b]],
         # other work on the machine only ever slows a round down: the upper quartiles are the least touched
         "ratio_of_upper_quartiles": round(upper["frametok"] / upper["raw"], 3) if upper["raw"] else None,
         "packets_per_s_spread": {m: _spread(v, 0) for m, v in rates.items()},
@@ -229,18 +245,24 @@ def _measure(kind: str, count: int, repeats: int, distinct: int) -> dict[str, An
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=31, help="rounds of each mode, interleaved (default 31)")
+    parser.add_argument("--repeats", type=int, default=32, help="rounds of each mode, interleaved (default 32)")
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=list(SIZES))
     parser.add_argument("--packets", type=int, help="packets per round (default: "
                         + ", ".join(f"{k} {n}" for k, n in SIZES.items()) + ")")
+    parser.add_argument("--sessions", type=int, default=4,
+                        help="the rounds are split between this many pairs of fresh processes and connections")
+    parser.add_argument("--rcvbuf", type=int, default=0,
+                        help="receive buffer of both receiving sockets, bytes (0: the kernel's autotuning)")
     parser.add_argument("--distinct", type=int, default=64, help="distinct packets each sender cycles through")
     args = parser.parse_args()
-    if args.repeats < 1 or args.distinct < 1 or (args.packets is not None and args.packets < 2):
-        parser.error("--repeats and --distinct must be >= 1, --packets >= 2")
+    if min(args.repeats, args.sessions, args.distinct) < 1 or (args.packets is not None and args.packets < 2) \
+            or args.rcvbuf < 0:
+        parser.error("--repeats, --sessions and --distinct must be >= 1, --packets >= 2, --rcvbuf >= 0")
     out: dict[str, Any] = {"transport": "tcp loopback", "repeats": args.repeats, "order": "interleaved"}
     load = [os.getloadavg()[0]]
     for kind in args.sizes:
-        out[kind] = _measure(kind, args.packets or SIZES[kind], args.repeats, args.distinct)
+        out[kind] = _measure(kind, args.packets or SIZES[kind], args.repeats, min(args.sessions, args.repeats),
+                             args.distinct, args.rcvbuf)
     load.append(os.getloadavg()[0])
     out["loadavg_1min"] = [round(x, 2) for x in load]  # at the start and the end: other work on the machine
     print(json.dumps(out, indent=1))
