@@ -139,3 +139,26 @@ def test_the_run_flag_sets_it_and_a_bad_value_is_refused_before_anything_starts(
     assert bad.returncode == 2 and "worker.in_flight" in bad.stderr and "got 0" in bad.stderr, bad.stderr
     word = run_cli("run", "--source", f"v={shared_media / 'bus.jpg'}", "--in-flight", "two")
     assert word.returncode == 2 and "--in-flight" in word.stderr and "'two'" in word.stderr, word.stderr
+
+
+def test_a_batch_that_closed_empty_does_not_hand_out_a_set_in_the_models(shared_models: Path) -> None:
+    """Batches that closed with no frame are never submitted: the next batch must still get a tensor set no
+    submitted batch holds (going round blindly, the third batch below was given the set in the models)."""
+    files = resolve_model("yolov8n", "detector", [shared_models], allow_online=False)
+    det = Detector(files.manifest, create_session(files, ["cpu"], 1))  # type: ignore[arg-type]
+    lane = ModelLane(det, None, 1, in_flight=2)
+    try:
+        first = lane.new_batch()
+        first.detector_groups.add(det.input_hw)
+        lane.submit(first)
+        for _ in range(5):  # empty batches, closed and dropped while the first is (or was) in the models
+            assert lane.new_batch().tensors != first.tensors
+        second = lane.new_batch()
+        second.detector_groups.add(det.input_hw)
+        lane.submit(second)
+        third = lane.new_batch()
+        assert third.tensors not in (first.tensors, second.tensors)
+    finally:
+        while lane.running is not None:
+            lane.result()
+        lane.close()

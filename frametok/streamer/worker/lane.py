@@ -141,11 +141,15 @@ class ModelLane:
         return self._wake_r
 
     def new_batch(self) -> Batch:
-        """An empty batch on a tensor set no submitted batch holds (sets go round: at most ``in_flight`` are
-        submitted and not collected while one is filled)."""
-        batch = Batch(self._next_set)
-        self._next_set = (self._next_set + 1) % self._sets
-        return batch
+        """An empty batch on a tensor set no submitted batch holds (at most ``in_flight`` are submitted and
+        not collected, so one of the ``in_flight + 1`` sets is free). Not simply the next set in turn: a
+        batch that closed empty (only ends, or nothing came) is never submitted, and the set after it may
+        still be in the models."""
+        held = {b.tensors for b in self._submitted}
+        free = next(k % self._sets for k in range(self._next_set, self._next_set + self._sets)
+                    if k % self._sets not in held)
+        self._next_set = (free + 1) % self._sets
+        return Batch(free)
 
     @property
     def running(self) -> Batch | None:
