@@ -3,7 +3,9 @@ batch, as the pipeline's worker does for a file stream (same models, pre-process
 tracker and soft tokens), without producer processes, shared memory or a publisher.
 
 A :class:`FrameEngine` loads the models once and indexes one video after another; each video gives a
-stream of :class:`~frametok.index.writer.FrameRows` chunks. The Ray actors of ``frametok index --ray``
+stream of :class:`~frametok.index.writer.FrameRows` chunks. Its batches go through the worker's
+:class:`~frametok.streamer.worker.lane.ModelLane`: ``worker.in_flight`` of them in the models at once
+(auto: 2 on a CPU with 2 threads or more), post-processed in order. The Ray actors of ``frametok index --ray``
 (:mod:`frametok.index.cluster`) each hold one engine. Nothing here imports Ray.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,10 +23,10 @@ import numpy as np
 
 from ..errors import SourceError
 from ..grid import GridDecompressor
-from ..models.neck import detect_groups
-from ..models.shape_groups import ShapeGroups, ShapeTensors
+from ..models.detector import LetterboxInfo
 from ..packet import StreamInfo, Timestamps, TokenPacket
 from ..streamer.source.decode import DecodedFrame, decode_frames
+from ..streamer.worker.lane import Batch, Inference, ModelLane
 from ..streamer.worker.models import LoadedModels, Models, load_models
 from ..streamer.worker.tokens import SoftTokens, SoftTokenStream
 from .writer import FrameRows, token_dims
@@ -114,6 +117,15 @@ class _Reader:
         self._thread.join(5)
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A batch in the lane: its frames, each frame's encoder row (-1: skipped) and its letterbox."""
+
+    frames: list[DecodedFrame]
+    encoder_rows: list[int]
+    letterboxes: list[LetterboxInfo]
+
+
 class FrameEngine:
     """The models of one run config, loaded once; :meth:`index` makes the rows of one video after another."""
 
@@ -122,12 +134,15 @@ class FrameEngine:
         self.models = models
         self._cpu_encoder: Any = None
         self.loaded: LoadedModels = load_models(config, models)
-        det, enc = self.loaded.detector, self.loaded.encoder
         self.max_batch = int(config.worker.max_batch)
-        self._det_t = (ShapeTensors(self.max_batch, () if det.rect else (det.input_hw,))
-                       if det is not None else None)  # rect: a tensor per input shape, as the worker's
-        self._enc_t = np.empty((self.max_batch, 3, *enc.input_hw), np.float32) if enc is not None else None
+        # the worker's model lane: its tensor sets (rect: a tensor per input shape) and its batches in flight
+        self.lane = ModelLane(self.loaded.detector, self.loaded.encoder, self.max_batch, self.loaded.neck,
+                              self.loaded.in_flight)
         self.info = StreamInfo("video", "file", self.loaded.infos)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Stop the lane's threads (the engine indexes nothing after)."""
+        self.lane.close()
 
     @property
     def model_ids(self) -> dict[str, str]:
@@ -146,16 +161,26 @@ class FrameEngine:
         rows = FrameRows(job.video_id, fps=job.fps, dim=dim, content_tokens=content, track_offset=job.track_offset,
                          codes=codes is not None)
         tracker = self.loaded.tracker(self.config.sources[0].fps if self.config.sources else None)
-        reader = _Reader(job, 2 * self.max_batch)
+        reader = _Reader(job, (self.lane.in_flight + 1) * self.max_batch)
         last_yield = time.monotonic()
         busy = 0.0
+        lane = self.lane
+        prepared: deque[_Prepared] = deque()  # of the batches in the lane, in the order they went in
         try:
             ended = False
             while not ended:
                 frames, ended = reader.take(self.max_batch)
                 t0 = time.perf_counter()
-                for packet in self._batch(job, frames, soft, tracker, codes):
-                    rows.row(packet)
+                done = lane.finished_results()  # the batches done, and the oldest while no place is free
+                if frames:
+                    batch, meta = self._prepare(frames, soft)
+                    lane.submit(batch)
+                    prepared.append(meta)
+                if ended:  # the video's last batch: every batch still in the models too
+                    done += [lane.result() for _ in range(lane.pending)]
+                for _, out in done:
+                    for packet in self._finish(job, prepared.popleft(), out, soft, tracker, codes):
+                        rows.row(packet)
                 busy += time.perf_counter() - t0
                 now = time.monotonic()
                 if rows.rows and (ended or len(rows.rows) >= chunk_frames or now - last_yield >= chunk_s):
@@ -164,6 +189,8 @@ class FrameEngine:
                                 damage=self._damage(reader), seconds=busy)
                     last_yield, busy = now, 0.0
         finally:
+            while lane.running is not None:  # a consumer that stopped early: the next video starts clean
+                lane.result()
             reader.close()
         err = reader.error
         if err is None:
@@ -179,33 +206,37 @@ class FrameEngine:
         del reader.damage[: len(out)]
         return out
 
-    def _batch(self, job: VideoJob, frames: list[DecodedFrame], soft: SoftTokenStream | None,
-               tracker: Any, codes: GridDecompressor | None = None) -> list[TokenPacket]:
-        """The packets of one batch of frames, as the worker makes them (gather, model lane, emit);
-        ``codes``: the code grid rebuilt from the grid updates as a lossless subscriber does (a codebook)."""
-        if not frames:
-            return []
-        det, enc = self.loaded.detector, self.loaded.encoder
-        letterboxes = []
-        enc_rows: list[int] = []
-        m = 0
-        groups = ShapeGroups()  # frame i is detector row i
+    def _prepare(self, frames: list[DecodedFrame], soft: SoftTokenStream | None) -> tuple[Batch, _Prepared]:
+        """A batch of frames pre-processed into a free tensor set of the lane, as the worker's gatherer does
+        (frame ``i`` is detector row ``i``), and what its post-processing needs."""
+        det, enc, lane = self.loaded.detector, self.loaded.encoder, self.lane
+        batch = lane.new_batch()
+        rows: list[int] = []
+        letterboxes: list[LetterboxInfo] = []
         for frame in frames:
-            if det is not None and self._det_t is not None:
-                shape = det.input_hw_for((frame.frame_rgb.shape[0], frame.frame_rgb.shape[1]))
-                letterboxes.append(det.preprocess(frame.frame_rgb, self._det_t.slot(shape, groups.next_row(shape))))
-                groups.add(shape)
+            rgb = frame.frame_rgb
+            if det is not None and lane.det_tensors is not None:
+                shape = det.input_hw_for((rgb.shape[0], rgb.shape[1]))
+                slot = lane.det_tensors[batch.tensors].slot(shape, batch.detector_groups.next_row(shape))
+                letterboxes.append(det.preprocess(rgb, slot))
+                batch.detector_groups.add(shape)
             row = -1
-            if enc is not None and self._enc_t is not None and soft is not None and soft.wants_encoder(frame.frame_rgb):
-                enc.preprocess(frame.frame_rgb, self._enc_t[m])
-                row, m = m, m + 1
-            enc_rows.append(row)
-        neck, raw, maps = self.loaded.neck, None, None
-        if det is not None and self._det_t is not None:
-            raw, maps = detect_groups(det, neck, self._det_t, groups)
-        encoded = enc.split(enc.infer(self._enc_t[:m])) if m and enc is not None and self._enc_t is not None else None
+            if enc is not None and lane.enc_tensors is not None and soft is not None and soft.wants_encoder(rgb):
+                enc.preprocess(rgb, lane.enc_tensors[batch.tensors][batch.encoder_rows])
+                row, batch.encoder_rows = batch.encoder_rows, batch.encoder_rows + 1
+            rows.append(row)
+        return batch, _Prepared(list(frames), rows, letterboxes)
+
+    def _finish(self, job: VideoJob, prep: _Prepared, out: Inference, soft: SoftTokenStream | None, tracker: Any,
+                codes: GridDecompressor | None = None) -> list[TokenPacket]:
+        """The packets of a batch the models ran, as the worker's emitter makes them (in order: the tracker
+        and the soft tokens follow the video); ``codes``: the code grid rebuilt from the grid updates as a
+        lossless subscriber does (a codebook)."""
+        det, neck = self.loaded.detector, self.loaded.neck
+        frames, enc_rows, letterboxes = prep.frames, prep.encoder_rows, prep.letterboxes
+        raw, maps, encoded = out.detections_raw, out.neck_maps, out.encoded
         t_infer = time.time_ns()
-        out: list[TokenPacket] = []
+        packets: list[TokenPacket] = []
         for i, frame in enumerate(frames):
             found = None
             if det is not None and raw is not None:
@@ -221,13 +252,13 @@ class FrameEngine:
                     tokens = (soft.encoded(encoded.context[row], encoded.patches[row])
                               if row >= 0 and encoded is not None else soft.skip())
             h, w = frame.frame_rgb.shape[:2]
-            out.append(TokenPacket(
+            packets.append(TokenPacket(
                 stream_id=job.stream, frame_index=frame.index, pts_s=frame.pts_s, size_wh=(w, h), policy="file",
                 timestamps=Timestamps(frame.t_capture_ns, frame.t_decode_ns, t_infer),
                 detections=found, context_token=tokens.context, content_tokens=tokens.content,
                 models=self.loaded.ids, code_grid=self._codes(codes, tokens),
             ))
-        return out
+        return packets
 
     @staticmethod
     def _codes(codes: GridDecompressor | None, tokens: SoftTokens) -> Any:

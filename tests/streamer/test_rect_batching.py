@@ -94,7 +94,8 @@ def test_two_aspects_batch_together_each_at_its_own_input(
 
 
 def test_index_engine_runs_rect(wide_clip: Path, dynamic_yolo: ModelFiles, rect_detector: Detector) -> None:
-    """The index's FrameEngine (``frametok index``) batches a video at its rect input too, with the same boxes."""
+    """The index's FrameEngine (``frametok index``) batches a video at its rect input too, with the same boxes
+    (two batches in the models at once, as the worker's lane)."""
     pytest.importorskip("pyarrow", reason="the index extra (pyarrow) is not installed")
     from frametok.index.engine import FrameEngine, VideoJob
     from frametok.streamer.worker.models import prepare_models
@@ -106,6 +107,7 @@ def test_index_engine_runs_rect(wide_clip: Path, dynamic_yolo: ModelFiles, rect_
     })
     engine = FrameEngine(config, prepare_models(config))
     assert engine.loaded.detector is not None and engine.loaded.detector.rect  # on by default: dynamic H/W
+    assert engine.lane.in_flight == 2  # auto on 2 CPU threads and a file: two batches at once, rows in order
     rows: list[dict[str, Any]] = []
     for chunk in engine.index(VideoJob(str(wide_clip), "wide", "wide", 10.0)):
         assert chunk.ok, chunk.detail
