@@ -274,8 +274,9 @@ def quantize_detector(src: Path, dst: Path, input_name: str, batches: Sequence[N
 
     model = onnx.load(str(src))
     rewrites = rewrite_graph(model)
-    rewritten = dst.with_name(f".{dst.stem}.rewritten.onnx")
-    onnx.save(model, str(rewritten))
+    rewritten = dst.with_name(f".{dst.stem}.rewritten.onnx") if rewrites else src
+    if rewrites:
+        onnx.save(model, str(rewritten))
     excluded, how = float_nodes(model, rule) if keep_float else ([], "none: every node quantised")
     try:
         with _quiet_quantizer():
@@ -287,7 +288,8 @@ def quantize_detector(src: Path, dst: Path, input_name: str, batches: Sequence[N
     except Exception as exc:  # onnxruntime.quantization raises whatever onnx and numpy raise
         raise ExportError(f"quantising {src} to int8 failed: {type(exc).__name__}: {exc}") from exc
     finally:
-        remove_quietly(rewritten)
+        if rewrites:
+            remove_quietly(rewritten)
     return {
         **package_versions(["onnxruntime", "onnx"]),
         "method": "quantize_static QDQ, weights int8 per channel, activations uint8, calibration percentile "
@@ -354,7 +356,14 @@ def detector_int8_parity(manifest: DetectorManifest, fp32: Path, int8: Path, fra
     Frames go in as the worker gives them by default: at the rect letterbox of their own aspect when the
     graph takes any height and width (``input``: ``rect``), else at the square input.
     """
-    gate = gate or DetectorGate()
+    record, failed = _detector_figures(manifest, fp32, int8, frames, gate or DetectorGate())
+    _judge(int8, "detector", record, failed, len(frames))
+    return record
+
+
+def _detector_figures(manifest: DetectorManifest, fp32: Path, int8: Path, frames: Sequence[Frame],
+                      gate: DetectorGate) -> tuple[dict[str, Any], list[str]]:
+    """:func:`detector_int8_parity`'s figures, and the gate's failures (empty: it passed)."""
     rect = manifest.dynamic_hw and manifest.resize == "letterbox"  # the worker's default (detector.rect null)
     det32 = Detector(manifest, cpu_session(fp32), rect=rect)
     det8 = Detector(manifest, cpu_session(int8, "int8 graph"), rect=rect)
@@ -404,8 +413,7 @@ def detector_int8_parity(manifest: DetectorManifest, fp32: Path, int8: Path, fra
     for key, value in (("matched_fp32", matched32), ("matched_int8", matched8)):
         if value < gate.min_matched:
             failed.append(f"{key} {value:.3f} < {gate.min_matched}")
-    _judge(int8, "detector", record, failed, len(frames))
-    return record
+    return record, failed
 
 
 def encoder_int8_parity(manifest: EncoderManifest, fp32: Path, int8: Path, frames: Sequence[Frame],
@@ -453,20 +461,16 @@ def _quantize_detector_gated(src: Path, dst: Path, man: DetectorManifest, batche
     """Quantise with each float rule in turn (:data:`FLOAT_RULES`) until a graph passes its gate; the last
     failure is raised with its figures, the earlier ones are recorded in the parity as ``tried``."""
     tried: list[str] = []
-    rules = FLOAT_RULES if keep_float else FLOAT_RULES[:1]
-    for i, rule in enumerate(rules):
+    for rule in FLOAT_RULES if keep_float else FLOAT_RULES[:1]:
         quantizer = quantize_detector(src, dst, man.input_name, batches, keep_float, rule)
-        try:
-            parity = detector_int8_parity(man, src, dst, held, gate)
-        except ExportError as exc:
-            if i == len(rules) - 1:
-                raise
-            tried.append(f"{rule}: {str(exc).split(': ', 1)[-1].split('; the int8 graph')[0]}")
-            continue
-        if tried:
-            parity["tried"] = tried
-        return quantizer, parity
-    raise AssertionError("unreachable: the last rule raises or returns")
+        parity, failed = _detector_figures(man, src, dst, held, gate or DetectorGate())
+        if not failed:
+            break
+        tried.append(f"{rule}: {'; '.join(failed)}")
+    if tried and not failed:
+        parity["tried"] = tried
+    _judge(dst, "detector", parity, failed, len(held))  # the last rule's failure, with its figures
+    return quantizer, parity
 
 
 def _judge(int8: Path, kind: str, record: dict[str, Any], failed: list[str], frames: int) -> None:

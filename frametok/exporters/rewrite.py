@@ -101,11 +101,12 @@ def rewrite_graph(model: Any) -> list[str]:
     return applied
 
 
-def rewrite_file(src: Path, dst: Path) -> list[str]:
-    """``src`` rewritten into ``dst`` (``dst`` written even when nothing changed); the rewrites applied."""
+def rewrite_file(path: Path) -> list[str]:
+    """The graph file ``path`` rewritten in place (left as it is when no rewrite applies); the rewrites applied."""
     import onnx
 
-    model = onnx.load(str(src))
+    model = onnx.load(str(path))
     applied = rewrite_graph(model)
-    onnx.save(model, str(dst))
+    if applied:
+        onnx.save(model, str(path))
     return applied

@@ -521,7 +521,7 @@ def export_yolo(
             sample = Path(sample_image).expanduser() if sample_image is not None else _default_sample()
             model, exported = _export_onnx(weights, work, imgsz, opset, end2end, sample)
             onnx_tmp = exported.rename(work / f"{name}.onnx") if exported.name != f"{name}.onnx" else exported
-            rewrites = rewrite_file(onnx_tmp, onnx_tmp)  # same outputs, cheaper: checked by the parity below
+            rewrites = rewrite_file(onnx_tmp)  # same outputs, cheaper: checked by the parity below
             manifest = _manifest(onnx_tmp, name, weights, opset, rewrites)
             if (half or int8) and manifest.output_format != "yolov8":
                 raise ExportError(f"{weights}: --half/--int8 check the yolov8 head only; this export has the "
